@@ -1,0 +1,274 @@
+# -*- coding: utf-8 -*-
+# Copyright: netreap.cilium contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to netreap.cilium (not a public API): Consul HTTP client (KV, txn, sessions, locks)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+
+from ansible_collections.netreap.cilium.plugins.module_utils._http import (
+    HttpClient,
+    ServiceError,
+    parse_address,
+    parse_bool,
+    pick,
+)
+
+DEFAULT_ADDRESS = "127.0.0.1:8500"
+DEFAULT_TIMEOUT = 10.0
+# Consul rejects a transaction with more operations than this (413): 64 up to 1.13, 128 since 1.14.
+TXN_MAX_OPS_LEGACY = 64
+TXN_MAX_OPS = 128
+
+CONSUL_ARGUMENT_SPEC = dict(
+    consul_address=dict(type="str"),
+    consul_token=dict(type="str", no_log=True),
+    consul_token_file=dict(type="path"),
+    consul_use_ssl=dict(type="bool"),
+    consul_validate_certs=dict(type="bool"),
+    consul_ca_cert=dict(type="path"),
+    consul_ca_path=dict(type="path"),
+    consul_client_cert=dict(type="path"),
+    consul_client_key=dict(type="path", no_log=False),
+    consul_tls_server_name=dict(type="str"),
+    consul_datacenter=dict(type="str"),
+    consul_timeout=dict(type="float"),
+)
+
+
+class ConsulTxnError(ServiceError):
+    """A transaction was rolled back (HTTP 409); ``errors`` lists ``{OpIndex, What}``."""
+
+    def __init__(self, method, url, errors, body):
+        self.errors = errors or []
+        super().__init__("consul", method, url, status=409, body=body)
+
+    def describe(self):
+        whats = "; ".join("op %s: %s" % (e.get("OpIndex"), e.get("What")) for e in self.errors)
+        return "consul %s %s: HTTP 409: transaction rolled back: %s" % (self.method, self.url,
+                                                                       whats or self.body)
+
+    @property
+    def permission_denied(self):
+        return any("Permission denied" in (e.get("What") or "") for e in self.errors)
+
+
+def _read_token_file(path):
+    try:
+        with open(path, "r") as handle:
+            return handle.read().strip()
+    except (IOError, OSError) as exc:
+        raise ValueError("cannot read Consul token file %s: %s" % (path, exc))
+
+
+def consul_settings(params, env=None):
+    """Resolve connection settings: task option, else CONSUL_* variable, else default.
+
+    Token precedence follows the Consul CLI: option ``consul_token``, option
+    ``consul_token_file``, then E(CONSUL_HTTP_TOKEN_FILE) (which wins over) E(CONSUL_HTTP_TOKEN).
+    """
+    env = os.environ if env is None else env
+    address = pick(params, "consul_address", env, "CONSUL_HTTP_ADDR", DEFAULT_ADDRESS)
+    use_ssl = pick(params, "consul_use_ssl", env, "CONSUL_HTTP_SSL", None, parse_bool)
+    token = params.get("consul_token")
+    if token is None and params.get("consul_token_file"):
+        token = _read_token_file(params["consul_token_file"])
+    if token is None and env.get("CONSUL_HTTP_TOKEN_FILE"):
+        token = _read_token_file(env["CONSUL_HTTP_TOKEN_FILE"])
+    if token is None:
+        token = env.get("CONSUL_HTTP_TOKEN") or None
+    base_url, unix_socket = parse_address(address, 8500, "https" if use_ssl else "http")
+    if use_ssl and base_url.startswith("http://") and unix_socket is None:
+        base_url = "https://" + base_url[len("http://"):]
+    return dict(
+        base_url=base_url,
+        unix_socket=unix_socket,
+        token=token,
+        validate_certs=pick(params, "consul_validate_certs", env, "CONSUL_HTTP_SSL_VERIFY", True,
+                            parse_bool),
+        ca_file=pick(params, "consul_ca_cert", env, "CONSUL_CACERT"),
+        ca_path=pick(params, "consul_ca_path", env, "CONSUL_CAPATH"),
+        client_cert=pick(params, "consul_client_cert", env, "CONSUL_CLIENT_CERT"),
+        client_key=pick(params, "consul_client_key", env, "CONSUL_CLIENT_KEY"),
+        # The CLI strips a port from the server name.
+        tls_server_name=_strip_port(pick(params, "consul_tls_server_name", env,
+                                         "CONSUL_TLS_SERVER_NAME")),
+        datacenter=params.get("consul_datacenter"),
+        timeout=params.get("consul_timeout") or DEFAULT_TIMEOUT,
+    )
+
+
+def _strip_port(name):
+    if not name:
+        return name
+    return re.sub(r":\d+$", "", name)
+
+
+def _decode_entry(entry):
+    value = entry.get("Value")
+    entry = dict(entry)
+    entry["Value"] = base64.b64decode(value) if value is not None else None
+    return entry
+
+
+class ConsulClient:
+    """The Consul HTTP API as used by netreap.cilium."""
+
+    def __init__(self, base_url, unix_socket=None, token=None, validate_certs=True, ca_file=None,
+                 ca_path=None, client_cert=None, client_key=None, tls_server_name=None,
+                 datacenter=None, timeout=DEFAULT_TIMEOUT, http=None):
+        headers = {"X-Consul-Token": token} if token else {}
+        self.http = http or HttpClient("consul", base_url, unix_socket=unix_socket, headers=headers,
+                                       timeout=timeout, validate_certs=validate_certs,
+                                       ca_file=ca_file, ca_path=ca_path, client_cert=client_cert,
+                                       client_key=client_key, tls_server_name=tls_server_name)
+        self.datacenter = datacenter
+        self._txn_max_ops = None
+
+    @classmethod
+    def from_params(cls, params, env=None):
+        return cls(**consul_settings(params, env))
+
+    def _query(self, **extra):
+        query = {"dc": self.datacenter}
+        query.update(extra)
+        return query
+
+    @staticmethod
+    def _kv_path(key):
+        if key.startswith("/"):
+            raise ValueError("Consul key %r must not start with '/'" % key)
+        return "/v1/kv/" + key
+
+    # -- KV -------------------------------------------------------------------------------
+    def kv_get(self, key, consistent=False):
+        """One entry (``Value`` decoded to bytes) or None; also returns X-Consul-Index."""
+        data, resp = self.http.request_json(
+            "GET", self._kv_path(key), query=self._query(consistent="" if consistent else None),
+            expect=(200, 404), allow_empty=True)
+        index = int(resp.header("x-consul-index", "0") or 0)
+        if resp.status == 404 or not data:
+            return None, index
+        return _decode_entry(data[0]), index
+
+    def kv_list(self, prefix):
+        """Every entry under ``prefix`` (recurse); [] when there is none."""
+        data, resp = self.http.request_json("GET", self._kv_path(prefix),
+                                            query=self._query(recurse=""), expect=(200, 404),
+                                            allow_empty=True)
+        index = int(resp.header("x-consul-index", "0") or 0)
+        if resp.status == 404 or not data:
+            return [], index
+        return [_decode_entry(e) for e in data], index
+
+    def kv_keys(self, prefix, separator=None):
+        data, resp = self.http.request_json("GET", self._kv_path(prefix),
+                                            query=self._query(keys="", separator=separator),
+                                            expect=(200, 404), allow_empty=True)
+        return (data or []) if resp.status == 200 else []
+
+    def kv_put(self, key, value, cas=None, flags=None, acquire=None, release=None):
+        """Write ``value`` (bytes or str); returns Consul's true/false (CAS/lock outcome)."""
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        data, _ = self.http.request_json(
+            "PUT", self._kv_path(key),
+            query=self._query(cas=cas, flags=flags, acquire=acquire, release=release),
+            raw_body=value if value is not None else b"",
+            headers={"Content-Type": "application/octet-stream"})
+        return data is True
+
+    def kv_delete(self, key, cas=None, recurse=False):
+        data, _ = self.http.request_json("DELETE", self._kv_path(key),
+                                         query=self._query(cas=cas, recurse="" if recurse else None))
+        return data is True
+
+    # -- Transactions -----------------------------------------------------------------------
+    def txn_max_ops(self):
+        """The server's per-transaction operation limit (64 before Consul 1.14, 128 since)."""
+        if self._txn_max_ops is None:
+            self._txn_max_ops = TXN_MAX_OPS_LEGACY
+            try:
+                data, _ = self.http.request_json("GET", "/v1/agent/self")
+                version = (data.get("Config") or {}).get("Version") or ""
+                match = re.match(r"(\d+)\.(\d+)", version)
+                if match and (int(match.group(1)), int(match.group(2))) >= (1, 14):
+                    self._txn_max_ops = TXN_MAX_OPS
+            except ServiceError:
+                pass  # no agent:read: stay with the limit every version accepts
+        return self._txn_max_ops
+
+    def txn(self, ops):
+        """Run one transaction (<= op limit); returns Results or raises ConsulTxnError."""
+        url = self.http.url_for("/v1/txn", self._query())
+        try:
+            data, _ = self.http.request_json("PUT", "/v1/txn", query=self._query(), body=ops)
+        except ServiceError as exc:
+            if exc.status == 409:
+                try:
+                    errors = json.loads(exc.body).get("Errors")
+                except ValueError:
+                    errors = None
+                raise ConsulTxnError("PUT", url, errors, exc.body)
+            raise
+        return data.get("Results") or []
+
+    def txn_batched(self, ops, max_ops=None):
+        """Run ``ops`` in as few transactions as the op limit allows.
+
+        Each batch is atomic; batches are not atomic together.  Returns the number of
+        batches committed; on failure the ConsulTxnError gets ``committed_batches``.
+        """
+        limit = max_ops or self.txn_max_ops()
+        committed = 0
+        for start in range(0, len(ops), limit):
+            try:
+                self.txn(ops[start:start + limit])
+            except ServiceError as exc:
+                exc.committed_ops = start
+                raise
+            committed += 1
+        return committed
+
+    # -- Sessions and locks -----------------------------------------------------------------
+    def session_create(self, name, ttl="30s", lock_delay="15s", behavior="release"):
+        body = {"Name": name, "TTL": ttl, "LockDelay": lock_delay, "Behavior": behavior,
+                # No serfHealth check: the reaper may run on a host that is no Consul node.
+                "NodeChecks": []}
+        data, _ = self.http.request_json("PUT", "/v1/session/create", query=self._query(),
+                                         body=body)
+        return data["ID"]
+
+    def session_renew(self, session_id):
+        data, _ = self.http.request_json("PUT", "/v1/session/renew/" + session_id,
+                                         query=self._query())
+        return data
+
+    def session_destroy(self, session_id):
+        data, _ = self.http.request_json("PUT", "/v1/session/destroy/" + session_id,
+                                         query=self._query())
+        return data is True
+
+    def lock_acquire(self, key, session_id, value=b""):
+        return self.kv_put(key, value, acquire=session_id)
+
+    def lock_release(self, key, session_id):
+        return self.kv_put(key, None, release=session_id)
+
+
+def kv_set_op(key, value, flags=None):
+    op = {"Verb": "set", "Key": key, "Value": base64.b64encode(value).decode("ascii")}
+    if flags is not None:
+        op["Flags"] = flags
+    return {"KV": op}
+
+
+def kv_delete_op(key, index=None):
+    """A txn op deleting ``key``; with ``index`` it only deletes that exact revision."""
+    if index is None:
+        return {"KV": {"Verb": "delete", "Key": key}}
+    return {"KV": {"Verb": "delete-cas", "Key": key, "Index": index}}

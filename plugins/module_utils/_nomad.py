@@ -1,0 +1,136 @@
+# -*- coding: utf-8 -*-
+# Copyright: netreap.cilium contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to netreap.cilium (not a public API): Nomad HTTP client (agent, nodes, allocations)."""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.netreap.cilium.plugins.module_utils._http import (
+    HttpClient,
+    ServiceError,
+    parse_address,
+    parse_bool,
+    pick,
+)
+
+DEFAULT_ADDRESS = "http://127.0.0.1:4646"
+DEFAULT_TIMEOUT = 10.0
+PAGE_SIZE = 1000
+
+NOMAD_ARGUMENT_SPEC = dict(
+    nomad_address=dict(type="str"),
+    nomad_token=dict(type="str", no_log=True),
+    nomad_region=dict(type="str"),
+    nomad_namespace=dict(type="str"),
+    nomad_validate_certs=dict(type="bool"),
+    nomad_ca_cert=dict(type="path"),
+    nomad_ca_path=dict(type="path"),
+    nomad_client_cert=dict(type="path"),
+    nomad_client_key=dict(type="path", no_log=False),
+    nomad_tls_server_name=dict(type="str"),
+    nomad_timeout=dict(type="float"),
+)
+
+
+def _skip_verify_to_validate(value):
+    return not parse_bool(value)
+
+
+def nomad_settings(params, env=None):
+    """Resolve connection settings: task option, else NOMAD_* variable, else default."""
+    env = os.environ if env is None else env
+    address = pick(params, "nomad_address", env, "NOMAD_ADDR", DEFAULT_ADDRESS)
+    base_url, unix_socket = parse_address(address, 4646)
+    return dict(
+        base_url=base_url,
+        unix_socket=unix_socket,
+        token=pick(params, "nomad_token", env, "NOMAD_TOKEN"),
+        region=pick(params, "nomad_region", env, "NOMAD_REGION"),
+        namespace=pick(params, "nomad_namespace", env, "NOMAD_NAMESPACE"),
+        # NOMAD_SKIP_VERIFY=true means "do not verify": the inverse of our option.
+        validate_certs=pick(params, "nomad_validate_certs", env, "NOMAD_SKIP_VERIFY", True,
+                            _skip_verify_to_validate),
+        ca_file=pick(params, "nomad_ca_cert", env, "NOMAD_CACERT"),
+        ca_path=pick(params, "nomad_ca_path", env, "NOMAD_CAPATH"),
+        client_cert=pick(params, "nomad_client_cert", env, "NOMAD_CLIENT_CERT"),
+        client_key=pick(params, "nomad_client_key", env, "NOMAD_CLIENT_KEY"),
+        tls_server_name=pick(params, "nomad_tls_server_name", env, "NOMAD_TLS_SERVER_NAME"),
+        timeout=params.get("nomad_timeout") or DEFAULT_TIMEOUT,
+    )
+
+
+class NomadClient:
+    """The Nomad HTTP API as used by netreap.cilium (read-only)."""
+
+    def __init__(self, base_url, unix_socket=None, token=None, region=None, namespace=None,
+                 validate_certs=True, ca_file=None, ca_path=None, client_cert=None, client_key=None,
+                 tls_server_name=None, timeout=DEFAULT_TIMEOUT, http=None):
+        headers = {"X-Nomad-Token": token} if token else {}
+        self.http = http or HttpClient("nomad", base_url, unix_socket=unix_socket, headers=headers,
+                                       timeout=timeout, validate_certs=validate_certs,
+                                       ca_file=ca_file, ca_path=ca_path, client_cert=client_cert,
+                                       client_key=client_key, tls_server_name=tls_server_name)
+        self.region = region
+        self.namespace = namespace
+
+    @classmethod
+    def from_params(cls, params, env=None):
+        return cls(**nomad_settings(params, env))
+
+    def _get(self, path, **query):
+        query["region"] = self.region
+        data, resp = self.http.request_json("GET", path, query=query)
+        return data, resp
+
+    def _get_paged(self, path, **query):
+        items = []
+        next_token = None
+        while True:
+            data, resp = self._get(path, per_page=PAGE_SIZE, next_token=next_token, **query)
+            if not isinstance(data, list):
+                raise ServiceError("nomad", "GET", self.http.url_for(path), status=resp.status,
+                                   body=resp.text()[:500], kind="decode",
+                                   reason="expected a JSON list")
+            items.extend(data)
+            next_token = resp.header("x-nomad-nexttoken")
+            if not next_token:
+                return items
+
+    def agent_self(self):
+        return self._get("/v1/agent/self")[0]
+
+    def local_node_id(self):
+        """The node ID of the client agent we talk to (``stats.client.node_id``)."""
+        data = self.agent_self()
+        node_id = ((data.get("stats") or {}).get("client") or {}).get("node_id")
+        if not node_id:
+            raise ValueError("the Nomad agent at %s is not a client (agent/self has no "
+                             "stats.client.node_id); set nomad_node_id" % self.http.base_url)
+        return node_id
+
+    def nodes(self, filter_expr=None):
+        """Every node stub (all pages)."""
+        return self._get_paged("/v1/nodes", filter=filter_expr)
+
+    def node(self, node_id):
+        return self._get("/v1/node/" + node_id)[0]
+
+    def node_allocations(self, node_id):
+        """Full allocations (with Job and NetworkStatus) of one node, all readable namespaces."""
+        data, resp = self._get("/v1/node/%s/allocations" % node_id)
+        if not isinstance(data, list):
+            raise ServiceError("nomad", "GET", resp and self.http.url_for(
+                "/v1/node/%s/allocations" % node_id), status=resp.status, kind="decode",
+                body=resp.text()[:500], reason="expected a JSON list")
+        return data
+
+    def allocation(self, alloc_id):
+        return self._get("/v1/allocation/" + alloc_id)[0]
+
+    def allocations(self, namespace="*"):
+        return self._get_paged("/v1/allocations", namespace=namespace or self.namespace)
+
+    def namespaces(self):
+        return self._get("/v1/namespaces")[0]

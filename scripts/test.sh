@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Set everything up and run every test: pytest (units, lab conformance with py-consul /
+# python-nomad / real etcd, module tests against the lab, packaging), ansible-test sanity and
+# ansible-test integration (targets start their own lab).  Prints one closing summary line.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+bash scripts/setup.sh || exit 1
+export PATH="$ROOT/.venv/bin:$PATH"
+export ANSIBLE_COLLECTIONS_PATH="$ROOT/build/collections"
+export ETCD_BIN="$ROOT/.venv/bin/etcd"
+export NETREAP_LAB_PYTHON="$ROOT/.venv/bin/python"
+COLL="$ROOT/build/collections/ansible_collections/netreap/cilium"
+OUT="$ROOT/build/test-results"
+rm -rf "$OUT" && mkdir -p "$OUT"
+failed_steps=()
+pytest_passed=0; pytest_failed=0
+
+step() { echo; echo "=== $* ==="; }
+
+step "pytest: units, lab conformance, modules on the lab, packaging"
+(cd "$COLL" && PYTHONPATH="$ROOT/build/collections:$COLL" python -m pytest -p no:cacheprovider \
+    -n "${PYTEST_WORKERS:-2}" --junitxml="$OUT/pytest.xml" -q tests/unit tests/lab_conformance tests/lab_tests)
+rc=$?
+if [ -f "$OUT/pytest.xml" ]; then
+  read -r pytest_passed pytest_failed < <(python - "$OUT/pytest.xml" <<'PY'
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+suites = [root] if root.tag == "testsuite" else list(root)
+tests = sum(int(s.get("tests", 0)) for s in suites)
+bad = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+skipped = sum(int(s.get("skipped", 0)) for s in suites)
+print(tests - bad - skipped, bad)
+PY
+)
+fi
+[ $rc -eq 0 ] || failed_steps+=("pytest(rc=$rc)")
+
+step "ansible-test sanity (no ignore files)"
+if [ -n "$(ls "$COLL"/tests/sanity/ignore-*.txt 2>/dev/null)" ]; then
+  echo "tests/sanity/ignore-*.txt must not exist"; failed_steps+=("sanity-ignores")
+fi
+(cd "$COLL" && ansible-test sanity --venv --python 3.11 --color no) || failed_steps+=("sanity")
+
+step "ansible-test integration (each target starts its own lab)"
+(cd "$COLL" && ansible-test integration --venv --python 3.11 --color no) || failed_steps+=("integration")
+
+echo
+total_failed=$(( pytest_failed + ${#failed_steps[@]} ))
+if [ ${#failed_steps[@]} -eq 0 ]; then
+  echo "all steps passed: pytest, ansible-test sanity, ansible-test integration"
+else
+  echo "failed steps: ${failed_steps[*]}"
+fi
+echo "$(( pytest_passed + 2 - ${#failed_steps[@]} + (rc != 0 ? 1 : 0) )) passed, ${total_failed} failed"
+[ ${#failed_steps[@]} -eq 0 ]

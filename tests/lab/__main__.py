@@ -1,0 +1,214 @@
+"""``python -m tests.lab up|down|serve|fault|requests|status`` — run the lab from a shell.
+
+``up`` starts the lab in a background process and returns once every service answers, leaving
+``lab.env``, ``inventory.yml`` and ``lab.json`` in the state dir; ``down`` stops it.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from tests.lab.control import ControlClient, ControlService
+
+
+def _add_lab_options(parser):
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--cilium", default="1.16", help="version profile: 1.13 … 1.19")
+    parser.add_argument("--kvstore", choices=("consul", "etcd"), default=None,
+                        help="default: consul up to 1.16, etcd from 1.17")
+    parser.add_argument("--scenario", default="clean")
+    parser.add_argument("--acl", action="store_true", help="turn on Consul and Nomad ACLs")
+    parser.add_argument("--heartbeat-timeout", type=float, default=120.0,
+                        help="seconds without a kvstore heartbeat before etcd agents degrade")
+
+
+def _kvstore(args):
+    if args.kvstore:
+        return args.kvstore
+    from tests.lab.cilium import PROFILES
+    return "consul" if PROFILES[args.cilium]["consul_kvstore"] else "etcd"
+
+
+def _control(state_dir):
+    return ControlClient(os.path.join(os.path.abspath(state_dir), "control.sock"))
+
+
+def cmd_serve(args):
+    from tests.lab import httpd
+    from tests.lab.lab import Lab
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    lab = Lab(args.state_dir, nodes=args.nodes, cilium=args.cilium, kvstore=_kvstore(args),
+              scenario=args.scenario, acl=args.acl, heartbeat_timeout=args.heartbeat_timeout)
+    lab.start()
+    control = httpd.serve_unix(ControlService(lab, stop),
+                               os.path.join(lab.state_dir, "control.sock"))
+    with open(os.path.join(lab.state_dir, "lab.pid"), "w") as handle:
+        handle.write(str(os.getpid()))
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        control.stop()
+        lab.stop()
+        for name in ("lab.pid",):
+            try:
+                os.unlink(os.path.join(lab.state_dir, name))
+            except OSError:
+                pass
+    return 0
+
+
+def cmd_up(args):
+    state_dir = os.path.abspath(args.state_dir)
+    os.makedirs(state_dir, exist_ok=True)
+    sock = os.path.join(state_dir, "control.sock")
+    if os.path.exists(os.path.join(state_dir, "lab.pid")):
+        try:
+            _control(state_dir).call("GET", "/status")
+            print("lab already running in %s (run `down` first)" % state_dir, file=sys.stderr)
+            return 1
+        except OSError:
+            pass
+    for stale in ("control.sock", "lab.json", "lab.env", "inventory.yml"):
+        path = os.path.join(state_dir, stale)
+        if os.path.exists(path):
+            os.unlink(path)
+    argv = [sys.executable, "-m", "tests.lab", "serve", "--state-dir", state_dir,
+            "--nodes", str(args.nodes), "--cilium", args.cilium, "--kvstore", _kvstore(args),
+            "--scenario", args.scenario, "--heartbeat-timeout", str(args.heartbeat_timeout)]
+    if args.acl:
+        argv.append("--acl")
+    log = open(os.path.join(state_dir, "lab.log"), "ab")
+    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = repo_root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            cwd=repo_root, env=env, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            with open(os.path.join(state_dir, "lab.log")) as handle:
+                tail = handle.read()[-3000:]
+            print("lab failed to start (exit %s):\n%s" % (proc.returncode, tail), file=sys.stderr)
+            return 1
+        if os.path.exists(sock):
+            try:
+                status = _control(state_dir).call("GET", "/status")
+                break
+            except OSError:
+                pass
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        print("lab did not answer within 60s; see %s/lab.log" % state_dir, file=sys.stderr)
+        return 1
+    print("lab up: Cilium %s, kvstore %s, scenario %s, %d nodes"
+          % (status["cilium"], status["kvstore"], status["scenario"], len(status["nodes"])))
+    print("  consul %s  nomad %s%s" % (status["consul"], status["nomad"],
+                                        "  etcd %s" % status["etcd"] if status["etcd"] else ""))
+    print("  source %s/lab.env; inventory %s/inventory.yml" % (state_dir, state_dir))
+    return 0
+
+
+def cmd_down(args):
+    state_dir = os.path.abspath(args.state_dir)
+    pid_file = os.path.join(state_dir, "lab.pid")
+    try:
+        with open(pid_file) as handle:
+            pid = int(handle.read().strip())
+    except (OSError, ValueError):
+        print("no lab running in %s" % state_dir)
+        return 0
+    try:
+        _control(state_dir).call("POST", "/shutdown")
+    except (OSError, RuntimeError):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    # etcd is stopped by the lab; make sure no orphan survives a crashed lab process.
+    try:
+        with open(os.path.join(state_dir, "etcd.pid")) as handle:
+            os.kill(int(handle.read().strip()), signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+    for name in ("lab.pid", "etcd.pid", "control.sock"):
+        try:
+            os.unlink(os.path.join(state_dir, name))
+        except OSError:
+            pass
+    print("lab down")
+    return 0
+
+
+def cmd_status(args):
+    print(json.dumps(_control(args.state_dir).call("GET", "/status"), indent=2))
+    return 0
+
+
+def cmd_fault(args):
+    spec = {"service": args.service, "action": args.action, "status": args.status,
+            "body": args.body, "method": args.method, "path": args.path, "count": args.count,
+            "delay": args.delay}
+    print(json.dumps(_control(args.state_dir).call("POST", "/faults", spec)))
+    return 0
+
+
+def cmd_requests(args):
+    query = "&".join("%s=%s" % (k, v) for k, v in (("service", args.service),
+                                                   ("method", args.method),
+                                                   ("path", args.path)) if v)
+    data = _control(args.state_dir).call("GET", "/requests" + ("?" + query if query else ""))
+    print(data["count"] if args.count else json.dumps(data["entries"], indent=2))
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tests.lab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("up", "serve"):
+        _add_lab_options(sub.add_parser(name))
+    for name in ("down", "status"):
+        sub.add_parser(name).add_argument("--state-dir", required=True)
+    fault = sub.add_parser("fault", help="inject a fault into a running lab")
+    fault.add_argument("--state-dir", required=True)
+    fault.add_argument("--service", required=True, help="consul, nomad, cilium (all agents) or a node name")
+    fault.add_argument("--action", default="status")
+    fault.add_argument("--status", type=int, default=500)
+    fault.add_argument("--body", default="")
+    fault.add_argument("--method")
+    fault.add_argument("--path")
+    fault.add_argument("--count", type=int, default=1)
+    fault.add_argument("--delay", type=float, default=30.0)
+    reqs = sub.add_parser("requests", help="print the request log of a running lab")
+    reqs.add_argument("--state-dir", required=True)
+    reqs.add_argument("--service")
+    reqs.add_argument("--method")
+    reqs.add_argument("--path")
+    reqs.add_argument("--count", action="store_true")
+    args = parser.parse_args(argv)
+    return {"up": cmd_up, "serve": cmd_serve, "down": cmd_down, "status": cmd_status,
+            "fault": cmd_fault, "requests": cmd_requests}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

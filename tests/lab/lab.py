@@ -1,0 +1,249 @@
+"""The lab: Consul, Nomad and one Cilium agent per Nomad client, next to a real etcd.
+
+``Lab(state_dir, ...)`` starts everything in this process (threads) and writes ``lab.env``,
+``inventory.yml`` and ``lab.json`` into ``state_dir``.  Tests use it in-process; the CLI
+(``python -m tests.lab up``) runs it in a background process controlled over
+``<state_dir>/control.sock``.  Test infrastructure: never imported by product code.
+"""
+
+import json
+import os
+import shlex
+import sys
+
+from tests.lab import httpd
+from tests.lab.cilium import PROFILES, CiliumAgentSim
+from tests.lab.consul import ConsulSim
+from tests.lab.etcd import EtcdServer
+from tests.lab.kvstore import (
+    CiliumKVStore,
+    ConsulBackend,
+    EtcdBackend,
+    HeartbeatWatch,
+    IdentityAllocator,
+    labels_key,
+)
+from tests.lab.nomad import NomadSim
+from tests.lab import scenarios
+
+POLICY_KEY = "netreap.io/policy"
+MAX_SOCKET_PATH = 100
+
+
+class LabNode:
+    """One simulated Nomad client: its Nomad node, local Nomad agent and Cilium agent."""
+
+    def __init__(self, name, index, node, agent_endpoint, cilium, cilium_endpoint, ip, ipv4_range,
+                 static_policy_dir):
+        self.name = name
+        self.index = index
+        self.node = node
+        self.node_id = node["ID"]
+        self.agent_endpoint = agent_endpoint
+        self.cilium = cilium
+        self.cilium_endpoint = cilium_endpoint
+        self.ip = ip
+        self.ipv4_range = ipv4_range
+        self.static_policy_dir = static_policy_dir
+
+    @property
+    def socket_path(self):
+        return self.cilium_endpoint.unix_path
+
+    @property
+    def nomad_address(self):
+        return self.agent_endpoint.url
+
+
+class Lab:
+    def __init__(self, state_dir, nodes=3, cilium="1.16", kvstore="consul", scenario="clean",
+                 acl=False, cluster_name="default", heartbeat_timeout=120.0, static_policy=None,
+                 python=None):
+        if cilium not in PROFILES:
+            raise ValueError("unknown Cilium profile %r (have %s)" % (cilium, ", ".join(PROFILES)))
+        if kvstore not in ("consul", "etcd"):
+            raise ValueError("kvstore must be consul or etcd")
+        if kvstore == "consul" and not PROFILES[cilium]["consul_kvstore"]:
+            raise ValueError("Cilium %s has no Consul kvstore (removed in 1.17): use --kvstore etcd"
+                             % cilium)
+        if scenario not in scenarios.SCENARIOS:
+            raise ValueError("unknown scenario %r (have %s)" % (scenario, ", ".join(scenarios.SCENARIOS)))
+        self.state_dir = os.path.abspath(state_dir)
+        self.node_count = int(nodes)
+        self.version = cilium
+        self.profile = PROFILES[cilium]
+        self.kvstore_type = kvstore
+        self.scenario = scenario
+        self.acl = acl
+        self.cluster_name = cluster_name
+        self.heartbeat_timeout = heartbeat_timeout
+        self.static_policy = self.profile["static_policy_dir"] if static_policy is None else static_policy
+        self.python = python or sys.executable
+        self.log = httpd.RequestLog()
+        self.nodes = []
+        self.endpoints = []
+        self.etcd = None
+        self.consul = None
+        self.nomad = None
+        self.kv = None
+        self.heartbeat = None
+        self.tokens = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self):
+        os.makedirs(self.state_dir, exist_ok=True)
+        sock_dir = os.path.join(self.state_dir, "sock")
+        os.makedirs(sock_dir, exist_ok=True)
+        if len(os.path.join(sock_dir, "nomad-client-999.sock")) > MAX_SOCKET_PATH:
+            raise ValueError("state dir %s is too long for unix socket paths; use a shorter one"
+                             % self.state_dir)
+        self.consul = ConsulSim(log=self.log, acl_enabled=self.acl)
+        self.nomad = NomadSim(log=self.log, acl_enabled=self.acl)
+        self.consul_endpoint = self._serve(self.consul)
+        self.nomad_endpoint = self._serve(self.nomad)
+        if self.acl:
+            self.tokens = {"consul": self.consul.management_token,
+                           "nomad": self.nomad.management_token}
+        if self.kvstore_type == "etcd":
+            self.etcd = EtcdServer(self.state_dir).start()
+            backend = EtcdBackend(self.etcd.url)
+        else:
+            backend = ConsulBackend(self.consul)
+        self.kv = CiliumKVStore(backend, self.cluster_name)
+        if self.kvstore_type == "etcd":
+            self.heartbeat = HeartbeatWatch(self.kv, timeout=self.heartbeat_timeout)
+        for index in range(1, self.node_count + 1):
+            self.nodes.append(self._add_node(index, sock_dir))
+        scenarios.SCENARIOS[self.scenario](self)
+        self.write_files()
+        return self
+
+    def _serve(self, service, unix_path=None):
+        endpoint = httpd.serve_unix(service, unix_path) if unix_path else httpd.serve_tcp(service)
+        self.endpoints.append(endpoint)
+        return endpoint
+
+    def _add_node(self, index, sock_dir):
+        name = "nomad-client-%d" % index
+        ip = "192.0.2.%d" % (index % 250 + 1)  # TEST-NET-1: data only, never contacted
+        ipv4_range = "10.200.%d.0/24" % (index % 250)
+        node = self.nomad.add_node(name, address=ip, attributes={
+            "plugins.cni.version.cilium-cni": self.profile["full_version"]})
+        agent_endpoint = self._serve(self.nomad.client_agent(node["ID"]))
+        static_dir = None
+        if self.static_policy:
+            static_dir = os.path.join(self.state_dir, "policies", name)
+            os.makedirs(static_dir, exist_ok=True)
+        cilium = CiliumAgentSim(
+            name, version=self.version, log=self.log, kvstore=self.kvstore_type,
+            kvstore_status=self.heartbeat.status if self.heartbeat else None,
+            static_policy_dir=static_dir, cluster_name=self.cluster_name, node_ip=ip,
+            ipv4_range=ipv4_range, identity_allocator=IdentityAllocator(self.kv, ip))
+        cilium_endpoint = self._serve(cilium, os.path.join(sock_dir, name + ".sock"))
+        self.kv.write_node(name, ip, ipv4_range)
+        cilium.add_endpoint(reserved="host")
+        cilium.add_endpoint(reserved="health", ipv4=ipv4_range.rsplit(".", 1)[0] + ".17")
+        return LabNode(name, index, node, agent_endpoint, cilium, cilium_endpoint, ip, ipv4_range,
+                       static_dir)
+
+    def stop(self):
+        for endpoint in reversed(self.endpoints):
+            endpoint.stop()
+        self.endpoints = []
+        if self.etcd is not None:
+            self.etcd.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- helpers for tests and scenarios ----------------------------------------------------
+    def node(self, name_or_index):
+        for node in self.nodes:
+            if name_or_index in (node.name, node.index, node.node_id):
+                return node
+        raise KeyError(name_or_index)
+
+    def service(self, name):
+        """A simulated service by name: consul, nomad, or a node name (its Cilium agent)."""
+        if name == "consul":
+            return self.consul
+        if name == "nomad":
+            return self.nomad
+        return self.node(name).cilium
+
+    def endpoint_of(self, name):
+        if name == "consul":
+            return self.consul_endpoint
+        if name == "nomad":
+            return self.nomad_endpoint
+        return self.node(name).cilium_endpoint
+
+    def label_endpoint_like_agent(self, node, endpoint_id, labels):
+        """Record an identity use in the kvstore the way an agent would for these labels."""
+        return self.kv.allocate(labels_key(labels), node.ip)
+
+    # -- files ------------------------------------------------------------------------------
+    def env(self):
+        env = {
+            "CONSUL_HTTP_ADDR": self.consul_endpoint.url,
+            "NOMAD_ADDR": self.nomad_endpoint.url,
+            "NETREAP_LAB_DIR": self.state_dir,
+            "NETREAP_LAB_KVSTORE": self.kvstore_type,
+            "NETREAP_LAB_CILIUM": self.version,
+        }
+        if self.etcd is not None:
+            env["ETCDCTL_ENDPOINTS"] = self.etcd.url
+            env["ETCDCTL_API"] = "3"
+        if self.acl:
+            env["CONSUL_HTTP_TOKEN"] = self.tokens["consul"]
+            env["NOMAD_TOKEN"] = self.tokens["nomad"]
+        return env
+
+    def describe(self):
+        return {
+            "state_dir": self.state_dir, "cilium": self.version, "kvstore": self.kvstore_type,
+            "scenario": self.scenario, "acl": self.acl, "pid": os.getpid(),
+            "consul": self.consul_endpoint.url, "nomad": self.nomad_endpoint.url,
+            "etcd": self.etcd.url if self.etcd else None,
+            "etcd_pid": self.etcd.process.pid if self.etcd and self.etcd.process else None,
+            "nodes": [{"name": n.name, "node_id": n.node_id, "ip": n.ip,
+                       "cilium_socket": n.socket_path, "nomad_address": n.nomad_address,
+                       "ipv4_range": n.ipv4_range, "static_policy_dir": n.static_policy_dir}
+                      for n in self.nodes],
+        }
+
+    def inventory(self):
+        hosts = {}
+        for n in self.nodes:
+            host = {"ansible_connection": "local", "ansible_python_interpreter": self.python,
+                    "cilium_socket": n.socket_path, "nomad_address": n.nomad_address,
+                    "nomad_node_id": n.node_id, "nomad_node_name": n.name}
+            if n.static_policy_dir:
+                host["cilium_static_policy_dir"] = n.static_policy_dir
+            hosts[n.name] = host
+        group_vars = {"consul_address": self.consul_endpoint.url,
+                      "nomad_cluster_address": self.nomad_endpoint.url,
+                      "netreap_kvstore": self.kvstore_type, "cilium_cluster_name": self.cluster_name}
+        if self.etcd is not None:
+            group_vars["etcd_endpoints"] = [self.etcd.url]
+        return {"all": {"children": {
+            "cilium_nodes": {"hosts": hosts, "vars": group_vars},
+            "reaper": {"hosts": {"reaper-controller": {
+                "ansible_connection": "local", "ansible_python_interpreter": self.python}},
+                "vars": group_vars},
+        }}}
+
+    def write_files(self):
+        with open(os.path.join(self.state_dir, "lab.env"), "w") as handle:
+            for key, value in sorted(self.env().items()):
+                handle.write("export %s=%s\n" % (key, shlex.quote(value)))
+        with open(os.path.join(self.state_dir, "lab.json"), "w") as handle:
+            json.dump(self.describe(), handle, indent=2)
+        # JSON is valid YAML: no PyYAML needed to write the inventory.
+        with open(os.path.join(self.state_dir, "inventory.yml"), "w") as handle:
+            handle.write("# Written by `python -m tests.lab up`; one host per simulated Nomad client.\n")
+            json.dump(self.inventory(), handle, indent=2)
+            handle.write("\n")
