@@ -46,12 +46,15 @@ DEST=build/collections/ansible_collections/netreap/cilium
 [ -L "$DEST" ] && rm -f "$DEST"
 mkdir -p "$DEST"
 if command -v rsync >/dev/null; then
-  rsync -a --delete --exclude .git --exclude .venv --exclude build --exclude .lab \
+  rsync -a --delete --exclude /.git --exclude .venv --exclude build --exclude .lab \
     --exclude tests/output --exclude __pycache__ --exclude .pytest_cache --exclude dist ./ "$DEST/"
 else
-  find "$DEST" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+  find "$DEST" -mindepth 1 -maxdepth 1 ! -name .git -exec rm -rf {} +
   tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./.lab \
     --exclude=./tests/output --exclude=__pycache__ --exclude=.pytest_cache --exclude=./dist -cf - . \
     | tar -C "$DEST" -xf -
 fi
+# ansible-test lists files with git when inside a work tree; the copy lives in this repository's
+# ignored build/ dir, so give it a repository of its own (untracked files are found too).
+[ -d "$DEST/.git" ] || git -C "$DEST" init -q
 echo "setup: .venv ready ($(.venv/bin/ansible --version | head -n1)), collection at $DEST"

@@ -123,29 +123,20 @@ def version_tuple(version):
     return tuple(int(p) for p in match.groups()) if match else None
 
 
-def _static_policy_dir_from_config(config):
-    status = (config or {}).get("status") or {}
-    config_map = status.get("daemonConfigurationMap") or {}
-    for key in ("StaticCNPPath", "static-cnp-path"):
-        value = config_map.get(key)
-        if value:
-            return value
-    return None
-
-
 def agent_capabilities(healthz, config, static_policy_dir=None):
     """What this agent can do, from its own answers (pure; no I/O).
 
     REST policy writes exist up to 1.18 (removed in 1.19); ``replace``/``replace-with-labels``
     since 1.15; static policy files (``--static-cnp-path``) since 1.16; Consul as kvstore up to 1.16.
-    ``static_policy_dir`` (the user's word) wins over what the agent's config map reveals.
+    The agent does not reveal its ``--static-cnp-path`` (it lives in a hive cell's config, not in
+    the daemon configuration map), so ``static_policy_dir`` is what the user tells us.
     """
     version = parse_agent_version(healthz)
     vt = version_tuple(version)
     status = (config or {}).get("status") or {}
     kv_config = status.get("kvstoreConfiguration") or {}
     kvstore = ((healthz or {}).get("kvstore") or {})
-    directory = static_policy_dir or _static_policy_dir_from_config(config)
+    directory = static_policy_dir
     known = vt is not None
     caps = dict(
         version=version,

@@ -49,8 +49,8 @@ class ConsulTxnError(ServiceError):
 
     def describe(self):
         whats = "; ".join("op %s: %s" % (e.get("OpIndex"), e.get("What")) for e in self.errors)
-        return "consul %s %s: HTTP 409: transaction rolled back: %s" % (self.method, self.url,
-                                                                       whats or self.body)
+        return "consul %s %s: HTTP 409: transaction rolled back: %s" % (
+            self.method, self.url, whats or self.body)
 
     @property
     def permission_denied(self):
@@ -175,16 +175,16 @@ class ConsulClient:
         """Write ``value`` (bytes or str); returns Consul's true/false (CAS/lock outcome)."""
         if isinstance(value, str):
             value = value.encode("utf-8")
-        data, _ = self.http.request_json(
+        data = self.http.request_json(
             "PUT", self._kv_path(key),
             query=self._query(cas=cas, flags=flags, acquire=acquire, release=release),
             raw_body=value if value is not None else b"",
-            headers={"Content-Type": "application/octet-stream"})
+            headers={"Content-Type": "application/octet-stream"})[0]
         return data is True
 
     def kv_delete(self, key, cas=None, recurse=False):
-        data, _ = self.http.request_json("DELETE", self._kv_path(key),
-                                         query=self._query(cas=cas, recurse="" if recurse else None))
+        data = self.http.request_json("DELETE", self._kv_path(key),
+                                      query=self._query(cas=cas, recurse="" if recurse else None))[0]
         return data is True
 
     # -- Transactions -----------------------------------------------------------------------
@@ -193,7 +193,7 @@ class ConsulClient:
         if self._txn_max_ops is None:
             self._txn_max_ops = TXN_MAX_OPS_LEGACY
             try:
-                data, _ = self.http.request_json("GET", "/v1/agent/self")
+                data = self.http.request_json("GET", "/v1/agent/self")[0]
                 version = (data.get("Config") or {}).get("Version") or ""
                 match = re.match(r"(\d+)\.(\d+)", version)
                 if match and (int(match.group(1)), int(match.group(2))) >= (1, 14):
@@ -206,7 +206,7 @@ class ConsulClient:
         """Run one transaction (<= op limit); returns Results or raises ConsulTxnError."""
         url = self.http.url_for("/v1/txn", self._query())
         try:
-            data, _ = self.http.request_json("PUT", "/v1/txn", query=self._query(), body=ops)
+            data = self.http.request_json("PUT", "/v1/txn", query=self._query(), body=ops)[0]
         except ServiceError as exc:
             if exc.status == 409:
                 try:
@@ -239,18 +239,18 @@ class ConsulClient:
         body = {"Name": name, "TTL": ttl, "LockDelay": lock_delay, "Behavior": behavior,
                 # No serfHealth check: the reaper may run on a host that is no Consul node.
                 "NodeChecks": []}
-        data, _ = self.http.request_json("PUT", "/v1/session/create", query=self._query(),
-                                         body=body)
+        data = self.http.request_json("PUT", "/v1/session/create", query=self._query(),
+                                      body=body)[0]
         return data["ID"]
 
     def session_renew(self, session_id):
-        data, _ = self.http.request_json("PUT", "/v1/session/renew/" + session_id,
-                                         query=self._query())
+        data = self.http.request_json("PUT", "/v1/session/renew/" + session_id,
+                                      query=self._query())[0]
         return data
 
     def session_destroy(self, session_id):
-        data, _ = self.http.request_json("PUT", "/v1/session/destroy/" + session_id,
-                                         query=self._query())
+        data = self.http.request_json("PUT", "/v1/session/destroy/" + session_id,
+                                      query=self._query())[0]
         return data is True
 
     def lock_acquire(self, key, session_id, value=b""):

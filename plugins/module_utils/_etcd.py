@@ -72,7 +72,7 @@ def parse_etcd_config(text):
             continue
         if ":" not in stripped or line[0] in (" ", "\t"):
             raise ValueError("etcd config line %d: expected 'key: value': %r" % (number, raw))
-        key, _, value = stripped.partition(":")
+        key, value = stripped.split(":", 1)
         key = key.strip()
         value = value.strip()
         current_list = None
@@ -120,7 +120,7 @@ def etcd_settings(params, env=None):
     user = from_file("etcd_username", "username", None)
     password = from_file("etcd_password", "password", None)
     if user is None and env.get("ETCDCTL_USER"):
-        user, _, env_password = env["ETCDCTL_USER"].partition(":")
+        user, env_password = (env["ETCDCTL_USER"].split(":", 1) + [""])[:2]
         password = password or env_password or env.get("ETCDCTL_PASSWORD")
     validate = params.get("etcd_validate_certs")
     if validate is None and "insecure-skip-tls-verify" in file_conf:
@@ -198,8 +198,8 @@ class EtcdClient:
         return sum(c.request_count for c in self.clients)
 
     def _authenticate(self, client):
-        data, _ = client.request_json("POST", "/v3/auth/authenticate",
-                                      body={"name": self.username, "password": self.password})
+        data = client.request_json("POST", "/v3/auth/authenticate",
+                                      body={"name": self.username, "password": self.password})[0]
         self._token = data.get("token")
 
     def call(self, path, body):
@@ -261,10 +261,10 @@ class EtcdClient:
             chunk = items[start:start + max_ops]
             compare = [{"key": b64(k), "target": "MOD", "result": "EQUAL",
                         "mod_revision": str(rev)} for k, rev in chunk]
-            success = [{"request_delete_range": {"key": b64(k)}} for k, _ in chunk]
-            ok, _ = self.txn(compare, success)
+            success = [{"request_delete_range": {"key": b64(k)}} for k, unused_rev in chunk]
+            ok = self.txn(compare, success)[0]
             batches += 1
-            (deleted if ok else conflicted).extend(k for k, _ in chunk)
+            (deleted if ok else conflicted).extend(k for k, unused_rev in chunk)
         return deleted, conflicted, batches
 
     # -- leases ---------------------------------------------------------------------------
@@ -280,6 +280,6 @@ class EtcdClient:
         put = {"key": b64(key), "value": b64(value)}
         if lease:
             put["lease"] = str(lease)
-        ok, _ = self.txn([{"key": b64(key), "target": "CREATE", "result": "EQUAL",
-                           "create_revision": "0"}], [{"request_put": put}])
+        ok = self.txn([{"key": b64(key), "target": "CREATE", "result": "EQUAL",
+                           "create_revision": "0"}], [{"request_put": put}])[0]
         return ok

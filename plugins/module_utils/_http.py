@@ -154,8 +154,8 @@ def _is_refused(reason):
         return True
     # ansible's unix-socket connection re-raises as OSError('Invalid Socket File (...): [Errno N] ...')
     text = to_text(reason)
-    return "Invalid Socket File" in text and ("[Errno %d]" % errno.ENOENT in text
-                                             or "[Errno %d]" % errno.ECONNREFUSED in text)
+    refused = ("[Errno %d]" % errno.ENOENT, "[Errno %d]" % errno.ECONNREFUSED)
+    return "Invalid Socket File" in text and any(code in text for code in refused)
 
 
 def _is_timeout(reason):

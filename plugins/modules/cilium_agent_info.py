@@ -18,15 +18,15 @@ description:
     directory (C(--static-cnp-path)) from 1.16; Consul as kvstore up to 1.16.
   - Read-only. Runs on the Nomad client whose agent it inspects.
 author:
-  - netreap.cilium maintainers
+  - netreap.cilium maintainers (@netreap)
 extends_documentation_fragment:
   - netreap.cilium._cilium
 options:
   static_policy_dir:
     description:
-      - The agent's C(--static-cnp-path), when you know it. Reported in RV(capabilities.static_policy_dir)
-        if the agent version supports static policies. Without it, the module reports the directory only
-        if the agent's configuration reveals it.
+      - The agent's C(--static-cnp-path), when it has one. The agent does not report this directory through
+        its API, so tell the module; it is reported in RV(capabilities.static_policy_dir) (and C(static-dir) added
+        to RV(capabilities.policy_methods)) if the agent version supports static policies (1.16+).
     type: path
   fail_on_unhealthy:
     description:
@@ -36,11 +36,14 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   action_group:
+    description: Use C(group/netreap.cilium.cilium) or C(group/netreap.cilium.all) in C(module_defaults) to set options.
     support: full
     membership:
       - netreap.cilium.cilium
@@ -161,7 +164,7 @@ def gather(client, static_policy_dir=None):
     caps = agent_capabilities(healthz, config, static_policy_dir)
     endpoints = client.endpoints()
     try:
-        _, revision = client.policy_get()
+        revision = client.policy_get()[1]
     except ServiceError as exc:
         if exc.status not in (404, 405):
             raise

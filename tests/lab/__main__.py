@@ -114,8 +114,8 @@ def cmd_up(args):
         return 1
     print("lab up: Cilium %s, kvstore %s, scenario %s, %d nodes"
           % (status["cilium"], status["kvstore"], status["scenario"], len(status["nodes"])))
-    print("  consul %s  nomad %s%s" % (status["consul"], status["nomad"],
-                                        "  etcd %s" % status["etcd"] if status["etcd"] else ""))
+    etcd = "  etcd %s" % status["etcd"] if status["etcd"] else ""
+    print("  consul %s  nomad %s%s" % (status["consul"], status["nomad"], etcd))
     print("  source %s/lab.env; inventory %s/inventory.yml" % (state_dir, state_dir))
     return 0
 

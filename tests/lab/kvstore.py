@@ -13,6 +13,10 @@ import threading
 import time
 import urllib.request
 
+# A private opener: ansible's urls.Request installs a global urllib opener (possibly bound to a
+# unix socket) when modules run in the test process, and urlopen() would use it.
+_OPENER = urllib.request.build_opener()
+
 NODES = "cilium/state/nodes/v1/"
 IDS = "cilium/state/identities/v1/id/"
 VALUES = "cilium/state/identities/v1/value/"
@@ -63,7 +67,7 @@ class EtcdBackend:
     def _call(self, path, body):
         req = urllib.request.Request(self.url + "/v3/" + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+        with _OPENER.open(req, timeout=self.timeout) as resp:
             return json.loads(resp.read().decode())
 
     @staticmethod
@@ -180,7 +184,7 @@ class CiliumKVStore:
         uses = []
         for key, value in self.backend.list(VALUES).items():
             rest = key[len(VALUES):]
-            enc, _, suffix = rest.rpartition("/")
+            enc, suffix = rest.rsplit("/", 1)
             uses.append((self._dec(enc), suffix, int(value.decode() or 0)))
         return uses
 

@@ -106,7 +106,7 @@ def drift(lab):
     lab.nomad.set_node_status(down["ID"], "down", status_updated_at=int(now - 2 * 86400))
     lab.kv.write_node("nomad-client-down-1", "198.51.100.50", "10.202.0.0/24")
     # Identities nothing uses any more: master keys without value keys.
-    low, _ = lab.kv.id_range()
+    low = lab.kv.id_range()[0]
     for offset, job in enumerate(("retired-a", "retired-b", "retired-c")):
         lab.kv.write_identity(low + 5000 + offset,
                               labels_key(netreap_labels(job, "default", "main")))
