@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+export NETREAP_COLLECTIONS_DIR="${NETREAP_COLLECTIONS_DIR:-$ROOT/build/collections}"
 bash scripts/setup.sh
 export PATH="$ROOT/.venv/bin:$PATH"
-export ANSIBLE_COLLECTIONS_PATH="$ROOT/build/collections"
+export ANSIBLE_COLLECTIONS_PATH="$NETREAP_COLLECTIONS_DIR"
 export ETCD_BIN="$ROOT/.venv/bin/etcd"
 CILIUM=${DEMO_CILIUM:-1.16}
 LAB="$ROOT/.lab/demo"

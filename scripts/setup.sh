@@ -41,7 +41,8 @@ if remove:
 PYEOF
 
 # The collection where Ansible looks for it (a real copy: ansible-test refuses symlinks).
-DEST=build/collections/ansible_collections/netreap/cilium
+COLLECTIONS="${NETREAP_COLLECTIONS_DIR:-$ROOT/build/collections}"
+DEST="$COLLECTIONS/ansible_collections/netreap/cilium"
 # Never follow a symlink here: the clean-up below would empty its target.
 [ -L "$DEST" ] && rm -f "$DEST"
 mkdir -p "$DEST"

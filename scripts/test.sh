@@ -5,12 +5,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+export NETREAP_COLLECTIONS_DIR="${NETREAP_COLLECTIONS_DIR:-$ROOT/build/collections}"
 bash scripts/setup.sh || exit 1
 export PATH="$ROOT/.venv/bin:$PATH"
-export ANSIBLE_COLLECTIONS_PATH="$ROOT/build/collections"
+export ANSIBLE_COLLECTIONS_PATH="$NETREAP_COLLECTIONS_DIR"
 export ETCD_BIN="$ROOT/.venv/bin/etcd"
 export NETREAP_LAB_PYTHON="$ROOT/.venv/bin/python"
-COLL="$ROOT/build/collections/ansible_collections/netreap/cilium"
+COLL="$NETREAP_COLLECTIONS_DIR/ansible_collections/netreap/cilium"
 OUT="$ROOT/build/test-results"
 rm -rf "$OUT" && mkdir -p "$OUT"
 failed_steps=()
@@ -19,7 +20,7 @@ pytest_passed=0; pytest_failed=0
 step() { echo; echo "=== $* ==="; }
 
 step "pytest: units, lab conformance, modules on the lab, packaging"
-(cd "$COLL" && PYTHONPATH="$ROOT/build/collections:$COLL" python -m pytest -p no:cacheprovider \
+(cd "$COLL" && PYTHONPATH="$NETREAP_COLLECTIONS_DIR:$COLL" python -m pytest -p no:cacheprovider \
     -n "${PYTEST_WORKERS:-2}" --junitxml="$OUT/pytest.xml" -q tests/unit tests/lab_conformance tests/lab_tests)
 rc=$?
 if [ -f "$OUT/pytest.xml" ]; then

@@ -199,7 +199,7 @@ class EtcdClient:
 
     def _authenticate(self, client):
         data = client.request_json("POST", "/v3/auth/authenticate",
-                                      body={"name": self.username, "password": self.password})[0]
+                                   body={"name": self.username, "password": self.password})[0]
         self._token = data.get("token")
 
     def call(self, path, body):
@@ -280,6 +280,5 @@ class EtcdClient:
         put = {"key": b64(key), "value": b64(value)}
         if lease:
             put["lease"] = str(lease)
-        ok = self.txn([{"key": b64(key), "target": "CREATE", "result": "EQUAL",
-                           "create_revision": "0"}], [{"request_put": put}])[0]
-        return ok
+        compare = [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}]
+        return self.txn(compare, [{"request_put": put}])[0]

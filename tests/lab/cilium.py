@@ -521,7 +521,7 @@ class CiliumAgentSim(httpd.Service):
         """Endpoint models, as ``GET /v1/endpoint`` returns them."""
         with self.lock:
             self._retry_pending()
-            return [self._endpoint_model(ep) for _, ep in sorted(self._endpoints.items())]
+            return [self._endpoint_model(ep) for unused, ep in sorted(self._endpoints.items())]
 
     def sync_static_policies(self):
         """Re-read ``--static-cnp-path`` now.
@@ -676,7 +676,7 @@ class CiliumAgentSim(httpd.Service):
         raise RuntimeError("IPAM: range %s is full" % self.ipv4_range)
 
     def _random_mac(self):
-        octets = [self._rng.randint(0, 255) for _ in range(6)]
+        octets = [self._rng.randint(0, 255) for unused in range(6)]
         octets[0] = (octets[0] & 0xFE) | 0x02
         return ":".join("%02x" % o for o in octets)
 
@@ -1064,7 +1064,7 @@ class CiliumAgentSim(httpd.Service):
         labels = self._labels_body(req)
         with self.lock:
             self._retry_pending()
-            eps = [ep for _, ep in sorted(self._endpoints.items())]
+            eps = [ep for unused, ep in sorted(self._endpoints.items())]
             if labels is not None:
                 wanted = list(_labels_from_model(labels).values())
                 eps = [ep for ep in eps if self._has_labels(ep, wanted)]
@@ -1092,8 +1092,8 @@ class CiliumAgentSim(httpd.Service):
     def _h_endpoint_put(self, req):
         body = self._change_request(req)
         with self.lock:
-            prefix, value = req.params["id"].split(":", 1) if ":" in req.params["id"] else ("cilium-local",
-                                                                                          req.params["id"])
+            raw_id = req.params["id"]
+            prefix, value = raw_id.split(":", 1) if ":" in raw_id else ("cilium-local", raw_id)
             if prefix != "cilium-local":
                 return _api_error(400, "endpoint ID must be a cilium-local ID")  # UNCONFIRMED wording
             number = self._parse_cilium_id(value)

@@ -453,7 +453,7 @@ class ConsulSim(httpd.Service):
         """Every live session as the API shows it (test inspection helper)."""
         with self.lock:
             self._reap_expired_sessions()
-            return [s.to_api() for _, s in sorted(self._sessions.items())]
+            return [s.to_api() for unused, s in sorted(self._sessions.items())]
 
     @property
     def last_index(self):
@@ -563,7 +563,7 @@ class ConsulSim(httpd.Service):
         auth = req.header("Authorization", "")
         parts = auth.split(" ")
         if len(parts) > 1 and parts[0].lower() == "bearer":
-            return " ".join(parts[1:]).strip().split(" ")[0].strip()
+            return " ".join(parts[1:]).strip().split(" ", maxsplit=1)[0].strip()
         return ""
 
     def _parse_query(self, req):
@@ -1188,7 +1188,7 @@ class ConsulSim(httpd.Service):
                 entry = op.entry()
                 entry.value = None
         elif verb == "get-tree":
-            _, entries = self._kvs_list(key)
+            entries = self._kvs_list(key)[1]
             return [(e.clone(), True) for e in entries]
         elif verb == "check-session":
             entry = self._kv.get(key)
@@ -1403,7 +1403,7 @@ class ConsulSim(httpd.Service):
     def _session_list(self, req):
         opts = self._parse_query(req)
         return self._session_query(
-            req, opts, lambda: [s for _, s in sorted(self._sessions.items())])
+            req, opts, lambda: [s for unused, s in sorted(self._sessions.items())])
 
     def _session_node(self, req):
         opts = self._parse_query(req)
@@ -1411,7 +1411,7 @@ class ConsulSim(httpd.Service):
         if not node:
             raise _text_error(400, "Missing node name")
         return self._session_query(
-            req, opts, lambda: [s for _, s in sorted(self._sessions.items()) if s.node == node])
+            req, opts, lambda: [s for unused, s in sorted(self._sessions.items()) if s.node == node])
 
     # ----------------------------------------------------------------------------------------
     # Status and agent

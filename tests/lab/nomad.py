@@ -496,7 +496,7 @@ def _eval(node, datum):
         return _eval(node[1], datum) and _eval(node[2], datum)
     if kind == "not":
         return not _eval(node[1], datum)
-    _, op, path, raw = node
+    op, path, raw = node[1:]
     value = _lookup(datum, path)
     if value is _MISSING:
         return _NOT_PRESENT[op]
@@ -607,7 +607,7 @@ class _ACL:
     def allow_ns_op(self, ns, op):
         if self.all:
             return True
-        if ns == "*" and any(op in caps and "deny" not in caps for _, caps in self.rules):
+        if ns == "*" and any(op in caps and "deny" not in caps for unused, caps in self.rules):
             return True
         caps = self._caps_for(ns)
         return bool(caps) and "deny" not in caps and op in caps
@@ -615,7 +615,7 @@ class _ACL:
     def allow_namespace(self, ns):
         if self.all:
             return True
-        if ns == "*" and any(caps and "deny" not in caps for _, caps in self.rules):
+        if ns == "*" and any(caps and "deny" not in caps for unused, caps in self.rules):
             return True
         caps = self._caps_for(ns)
         return bool(caps) and "deny" not in caps
@@ -691,8 +691,8 @@ def _finish_task(state, client_status, at_ns):
     if failed:
         state["Events"].append(_task_event(
             "Not Restarting", at_ns + 1000,
-            "Error was unrecoverable", details={"fails_task": "true",
-                                               "restart_reason": "Error was unrecoverable"},
+            "Error was unrecoverable",
+            details={"fails_task": "true", "restart_reason": "Error was unrecoverable"},
             fails=True))
     state["State"] = "dead"
     state["Failed"] = failed
@@ -716,6 +716,14 @@ def _alloc_omitempty(alloc):
             continue
         out[key] = value
     return out
+
+
+def _alloc_id_token(alloc):
+    return alloc["ID"]
+
+
+def _alloc_index_token(alloc):
+    return "%d.%s" % (alloc["CreateIndex"], alloc["ID"])
 
 
 class NomadSim(httpd.Service):
@@ -1492,7 +1500,7 @@ class NomadSim(httpd.Service):
             parts = auth.split(" ")
             if len(parts) > 1 and parts[0].lower() == "bearer":
                 value = " ".join(parts[1:]).strip()
-                return value.split(" ")[0].strip()
+                return value.split(" ", maxsplit=1)[0].strip()
         return ""
 
     def _resolve(self, req):
@@ -1969,8 +1977,8 @@ class NomadSim(httpd.Service):
 
         def by_index(token, seeking):
             # CreateIndex compared numerically (Nomad >= 1.11 behaviour, see module docstring).
-            a_idx, _, a_id = token.partition(".")
-            b_idx, _, b_id = seeking.partition(".")
+            a_idx, a_id = (token.split(".", 1) + [""])[:2]
+            b_idx, b_id = (seeking.split(".", 1) + [""])[:2]
             if b_idx.isdigit():
                 a_key, b_key = (int(a_idx), a_id), (int(b_idx), b_id)
             else:
@@ -1987,10 +1995,10 @@ class NomadSim(httpd.Service):
                 allocs = sorted((a for a in allocs
                                  if a["ID"].replace("-", "").lower().startswith(p)),
                                 key=lambda a: a["ID"])
-                token_of, compare = (lambda a: a["ID"]), None
+                token_of, compare = _alloc_id_token, None
             else:
                 allocs = sorted(allocs, key=lambda a: (a["CreateIndex"], a["ID"]))
-                token_of, compare = (lambda a: "%d.%s" % (a["CreateIndex"], a["ID"])), by_index
+                token_of, compare = _alloc_index_token, by_index
             if opts["reverse"]:
                 allocs.reverse()
             page, token = self._paginate(allocs, token_of, opts, predicate, compare)

@@ -1057,7 +1057,7 @@ class _Validator:
     def cidr(self, text):
         if text == "":
             raise PolicyError("IP must be specified")
-        network, _ = _go_parse_prefix(text)
+        network = _go_parse_prefix(text)[0]
         if network is None:
             err = _go_parse_addr_error(text)
             if err:
@@ -1069,8 +1069,8 @@ class _Validator:
         text = rule.get("cidr", "")
         network, err = _go_parse_prefix(text)
         if err:
-            raise PolicyError("%s CIDRRule %s: %s" % (self.msg("Unable to parse", "unable to parse"),
-                                                       _go_quote(text), err))
+            raise PolicyError("%s CIDRRule %s: %s" % (
+                self.msg("Unable to parse", "unable to parse"), _go_quote(text), err))
         for exc in rule.get("except", []):
             except_net, err = _go_parse_prefix(exc)
             if err:

@@ -335,13 +335,13 @@ def test_local_identity_users_are_counted_before_the_kvstore_is_released(make_ag
     calls = []
 
     class Recording(InMemoryIdentityAllocator):
-        def allocate(self, key):
-            calls.append(("allocate", key))
-            return super().allocate(key)
+        def allocate(self, labels_key):
+            calls.append(("allocate", labels_key))
+            return super().allocate(labels_key)
 
-        def release(self, key):
-            calls.append(("release", key))
-            super().release(key)
+        def release(self, labels_key):
+            calls.append(("release", labels_key))
+            super().release(labels_key)
 
     sim, _api = make_agent("1.16", identity_allocator=Recording())
     a = sim.add_endpoint(container_id="a", labels=["netreap:nomad.job_id=web"])
@@ -357,10 +357,10 @@ def test_identity_allocation_failure_leaves_the_endpoint_waiting_until_a_retry_w
     class Flaky(InMemoryIdentityAllocator):
         down = True
 
-        def allocate(self, key):
+        def allocate(self, labels_key):
             if self.down:
                 raise OSError("etcd: context deadline exceeded")
-            return super().allocate(key)
+            return super().allocate(labels_key)
 
     allocator = Flaky()
     sim, api = make_agent("1.16", identity_allocator=allocator)
@@ -486,7 +486,7 @@ def test_rate_limit_answers_429_beyond_the_burst(make_agent):
     ep_id = cni_endpoint(sim)["id"]
     sim.set_rate_limit(True, burst=2)
     body = {"labels": ["netreap:nomad.job_id=web"], "state": "ready"}
-    assert [api.patch("/endpoint/%d" % ep_id, body).status for _ in range(2)] == [200, 200]
+    assert [api.patch("/endpoint/%d" % ep_id, body).status for unused in range(2)] == [200, 200]
     reply = api.patch("/endpoint/%d" % ep_id, body)
     assert reply.status == 429
     assert reply.json == "request would have to wait 1s to be served (maximum wait duration: 15s)"
@@ -494,7 +494,7 @@ def test_rate_limit_answers_429_beyond_the_burst(make_agent):
     clock.now += 1.5
     assert api.patch("/endpoint/%d" % ep_id, body).status == 200
     sim.set_rate_limit(False)
-    assert all(api.patch("/endpoint/%d" % ep_id, body).status == 200 for _ in range(5))
+    assert all(api.patch("/endpoint/%d" % ep_id, body).status == 200 for unused in range(5))
 
 
 # ------------------------------------------------------------------------------------------
@@ -517,8 +517,8 @@ ACCEPTED = {
         {"toFQDNs": [{"matchName": "api.example.com"}, {"matchPattern": "*.svc.example.com"}]}]},
     "http-l7": {"endpointSelector": {"matchLabels": {"app": "api"}}, "ingress": [
         {"toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}],
-                      "rules": {"http": [{"method": "GET", "path": "/v1/.*"}, {"method": "PUT", "path": "/v1/x",
-                                                                                 "headers": ["X-My: a"]}]}}]}]},
+                      "rules": {"http": [{"method": "GET", "path": "/v1/.*"},
+                                         {"method": "PUT", "path": "/v1/x", "headers": ["X-My: a"]}]}}]}]},
     "deny": {"endpointSelector": {"matchLabels": {"app": "api"}},
              "ingressDeny": [{"fromEntities": ["world"]}],
              "egressDeny": [{"toCIDR": ["169.254.169.254/32"], "toPorts": [{"ports": [{"port": "80"}]}]}]},

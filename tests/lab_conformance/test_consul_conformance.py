@@ -196,7 +196,7 @@ def test_recurse_index_includes_tombstones(consul_lab):
     c = consul_lab.client()
     c.kv.put("svc/a", "1")
     c.kv.put("svc/b", "2")
-    before, _ = c.kv.get("svc/", recurse=True)
+    before = c.kv.get("svc/", recurse=True)[0]
     c.kv.delete("svc/b")
     after, entries = c.kv.get("svc/", recurse=True)
     assert [e["Key"] for e in entries] == ["svc/a"]
@@ -215,8 +215,8 @@ def test_keys_and_separator_roll_up(consul_lab):
     assert c.kv.get("web/", keys=True)[1] == ["web/bar", "web/foo", "web/subdir/x", "web/subdir/y"]
     assert c.kv.get("web/", keys=True, separator="/")[1] == ["web/bar", "web/foo", "web/subdir/"]
     # The historical misspelling is still honoured.
-    _, keys = c.http.get(CB.json(index=True), "/v1/kv/web/",
-                         params=[("keys", ""), ("seperator", "/")])
+    keys = c.http.get(CB.json(index=True), "/v1/kv/web/",
+                      params=[("keys", ""), ("seperator", "/")])[1]
     assert keys == ["web/bar", "web/foo", "web/subdir/"]
 
 
@@ -381,7 +381,7 @@ def test_txn_rollback_is_409_listing_every_failure(consul_lab):
             _kv_op("get", "r/missing"),
             _kv_op("check-not-exists", "r/exists"),
         ])
-    status, _, payload = str(err.value).partition(" ")
+    status, payload = (str(err.value).split(" ", 1) + [""])[:2]
     assert status == "409"
     body = json.loads(payload)
     assert body["Results"] is None
@@ -455,7 +455,7 @@ def test_txn_value_over_kv_max_value_size_is_413(consul_clean_env):
 def test_session_lifecycle(consul_lab):
     c = consul_lab.client()
     sid = c.session.create(name="svc-leader", ttl=15, lock_delay=5, behavior="delete")
-    _, info = c.session.info(sid)
+    info = c.session.info(sid)[1]
     assert info["ID"] == sid and info["Name"] == "svc-leader" and info["Node"] == "lab-consul"
     assert info["LockDelay"] == 5_000_000_000 and info["Behavior"] == "delete"
     assert info["TTL"] == "15s" and info["NodeChecks"] == ["serfHealth"]
@@ -570,7 +570,7 @@ def test_behavior_delete_removes_held_keys(consul_lab):
 def test_blocking_get_returns_when_another_client_writes(consul_lab):
     c = consul_lab.client()
     c.kv.put("watch/me", "v1")
-    index, _ = c.kv.get("watch/me")
+    index = c.kv.get("watch/me")[0]
     writer = threading.Timer(0.3, lambda: consul_lab.client().kv.put("watch/me", "v2"))
     writer.start()
     started = time.monotonic()
@@ -584,7 +584,7 @@ def test_blocking_get_returns_when_another_client_writes(consul_lab):
 def test_blocking_get_times_out_after_wait(consul_lab):
     c = consul_lab.client()
     c.kv.put("quiet", "v")
-    index, _ = c.kv.get("quiet")
+    index = c.kv.get("quiet")[0]
     started = time.monotonic()
     same_index, entry = c.kv.get("quiet", index=index, wait="1s")
     elapsed = time.monotonic() - started
@@ -594,16 +594,16 @@ def test_blocking_get_times_out_after_wait(consul_lab):
 
 def test_blocking_on_missing_key_ignores_unrelated_writes(consul_lab):
     c = consul_lab.client()
-    index, _ = c.kv.get("not/yet")
+    index = c.kv.get("not/yet")[0]
     other = threading.Timer(0.1, lambda: consul_lab.client().kv.put("unrelated", "x"))
     other.start()
     started = time.monotonic()
-    _, entry = c.kv.get("not/yet", index=index, wait="600ms")
+    unused, entry = c.kv.get("not/yet", index=index, wait="600ms")
     other.join()
     assert entry is None and time.monotonic() - started > 0.5
     creator = threading.Timer(0.1, lambda: consul_lab.client().kv.put("not/yet", "here"))
     creator.start()
-    _, entry = c.kv.get("not/yet", index=c.kv.get("not/yet")[0], wait="5s")
+    unused, entry = c.kv.get("not/yet", index=c.kv.get("not/yet")[0], wait="5s")
     creator.join()
     assert entry["Value"] == b"here"
 
@@ -640,7 +640,7 @@ def test_acl_lists_filter_instead_of_403(consul_acl_lab):
         sim.kv_put(key, "v")
     c = consul_acl_lab.client(token=APP_SECRET)
     responses = consul_acl_lab.capture(c)
-    _, entries = c.kv.get("", recurse=True)
+    entries = c.kv.get("", recurse=True)[1]
     assert [e["Key"] for e in entries] == ["app/a"]
     assert responses[-1].headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
     assert responses[-1].headers["X-Consul-Default-ACL-Policy"] == "deny"

@@ -418,9 +418,13 @@ def test_errors_are_plain_text_not_json(nomad_lab):
     """Fails if the simulator answered errors as JSON (e.g. {"error": "..."})."""
     admin = nomad_lab.admin
     failures = []
+
+    def nodes_with_unknown_token():
+        return nomad_client(nomad_lab.url, "no-node").nodes.get_nodes()
+
     for call in (lambda: admin.node.get_node("nope"),
                  lambda: admin.allocation.get_allocation("nope"),
-                 lambda: nomad_client(nomad_lab.url, "no-node").nodes.get_nodes(),
+                 nodes_with_unknown_token,
                  lambda: admin.nodes.get_nodes(filter_="((("),
                  lambda: admin.nodes.request(method="post")):
         with pytest.raises(nexc.BaseNomadException) as err:
