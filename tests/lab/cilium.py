@@ -265,18 +265,7 @@ def _go_char(char):
     return "'%s'" % char
 
 
-def _json_kind(value):
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+_json_kind = httpd.json_kind
 
 
 # --------------------------------------------------------------------------------------------

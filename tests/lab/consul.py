@@ -1074,17 +1074,7 @@ class ConsulSim(httpd.Service):
         return _KVOp(text("Verb"), text("Key"), value or None, uint("Flags"), uint("Index"),
                      text("Session"))
 
-    @staticmethod
-    def _json_kind(value):
-        if isinstance(value, bool):
-            return "bool"
-        if isinstance(value, (int, float)):
-            return "number"
-        if isinstance(value, str):
-            return "string"
-        if isinstance(value, list):
-            return "array"
-        return "object"
+    _json_kind = staticmethod(httpd.json_kind)
 
     def _txn_type_error(self, value, field, go_type):
         kind = self._json_kind(value)

@@ -101,7 +101,9 @@ class ControlService(httpd.Service):
         return httpd.json_response(True)
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (the lab's control socket, a Cilium agent socket)."""
+
     def __init__(self, path, timeout=30):
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
@@ -118,7 +120,7 @@ class ControlClient:
         self.timeout = timeout
 
     def call(self, method, path, body=None):
-        conn = _UnixConnection(self.socket_path, self.timeout)
+        conn = UnixHTTPConnection(self.socket_path, self.timeout)
         try:
             payload = json.dumps(body).encode() if body is not None else None
             conn.request(method, path, body=payload,

@@ -71,6 +71,21 @@ class Response:
         self.headers = dict(headers or {})
 
 
+def json_kind(value):
+    """The JSON kind Go's encoding/json names in UnmarshalTypeError messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
 def json_response(obj, status=200, headers=None):
     return Response(status, json.dumps(obj).encode("utf-8"), "application/json", headers)
 

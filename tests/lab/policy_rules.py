@@ -27,6 +27,8 @@ import ipaddress
 import json
 import re
 
+from .httpd import json_kind
+
 __all__ = [
     "PolicyError", "PolicyDecodeError", "validate_rules", "decode_rules", "validate_decoded",
     "parse_label", "parse_select_label", "label_string", "labels_kvstore_key", "selector_matches",
@@ -182,18 +184,7 @@ def go_marshal_indent(obj):
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _go_type_name(value):
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+_go_type_name = json_kind
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,11 +5,9 @@ talk to the agent.  What these pin down comes from /work/shared/reference/cilium
 Cilium / go-openapi sources it cites: status codes, exact bodies, version differences.
 """
 
-import http.client
 import json
 import os
 import shutil
-import socket
 import tempfile
 
 import pytest
@@ -17,17 +15,7 @@ import pytest
 from tests.lab import httpd
 from tests.lab import policy_rules as pr
 from tests.lab.cilium import PROFILES, CiliumAgentSim, InMemoryIdentityAllocator
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=5):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
+from tests.lab.control import UnixHTTPConnection
 
 
 class Reply:
@@ -51,7 +39,7 @@ class AgentClient:
         self.path = path
 
     def call(self, method, path, body=None, raw=None, content_type="application/json", headers=None):
-        conn = UnixHTTPConnection(self.path)
+        conn = UnixHTTPConnection(self.path, timeout=5)
         try:
             payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
             hdrs = dict(headers or {})
