@@ -7,7 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+
+from tests.lab import httpd
 
 # A private opener: ansible's urls.Request installs a global urllib opener (possibly bound to a
 # unix socket) when modules run in the test process, and urlopen() would use it.
@@ -69,7 +72,11 @@ class EtcdServer:
         log.close()
         with open(os.path.join(self.state_dir, "etcd.pid"), "w") as handle:
             handle.write(str(self.process.pid))
-        self.wait_healthy(timeout)
+        try:
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()  # never leave an orphan etcd behind a failed start
+            raise
         return self
 
     def wait_healthy(self, timeout=20.0):
@@ -103,3 +110,26 @@ class EtcdServer:
     def restart(self):
         self.stop()
         return self.start()
+
+
+class EtcdProxy(httpd.Service):
+    """An HTTP front for the real etcd's JSON gateway: the same API, plus the lab's fault table
+    and request log (service name ``etcd``), so tests can fail "the 2nd txn" or count calls.
+    Serve it with ``httpd.serve_tcp(EtcdProxy(lab.etcd.url, lab.log))``."""
+
+    def __init__(self, upstream_url, log=None, name="etcd"):
+        super().__init__(name, log)
+        self.upstream = upstream_url.rstrip("/")
+
+    def dispatch(self, req):
+        url = self.upstream + req.raw_path + ("?" + req.raw_query if req.raw_query else "")
+        headers = {"Content-Type": req.header("content-type", "application/json")}
+        if req.header("authorization"):
+            headers["Authorization"] = req.header("authorization")
+        upstream = urllib.request.Request(url, data=req.body if req.method != "GET" else None,
+                                          headers=headers, method=req.method)
+        try:
+            with _OPENER.open(upstream, timeout=30) as resp:
+                return httpd.Response(resp.status, resp.read(), resp.headers.get("Content-Type"))
+        except urllib.error.HTTPError as exc:
+            return httpd.Response(exc.code, exc.read(), exc.headers.get("Content-Type"))

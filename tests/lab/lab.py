@@ -91,6 +91,13 @@ class Lab:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self):
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # a half-started lab must not leave listeners or an etcd behind
+            raise
+
+    def _start(self):
         os.makedirs(self.state_dir, exist_ok=True)
         sock_dir = os.path.join(self.state_dir, "sock")
         os.makedirs(sock_dir, exist_ok=True)

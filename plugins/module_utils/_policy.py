@@ -1,0 +1,1359 @@
+# -*- coding: utf-8 -*-
+# Copyright: netreap.cilium contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to netreap.cilium (not a public API): Cilium policy rules - parse, validate, plan.
+
+Pure code (no I/O) behind the ``cilium_policy`` module:
+
+* ``normalize_rules``: decode rules the way the agent's Go JSON decoder would (field names match
+  case-insensitively, ``null`` means absent, type errors are errors), but refuse what the agent
+  silently ignores (unknown or misspelt fields, ``null`` selectors that would select every
+  endpoint) and return them in one canonical form, so "unchanged" means unchanged.
+* ``validate_rules``: the checks the agent runs in ``Rule.Sanitize``/``Validate`` (Cilium
+  1.13 to 1.19, written from the reference, not from the lab's simulator), with the agent's
+  messages, naming the rule and the field.
+* Ownership and revision labels, the policy revision, per-rule digests and rule diffs.
+* ``plan_rest`` / ``plan_static``: what to PUT, DELETE, write or remove so that the agent is
+  never without our rules during an update and never loses rules it does not own.
+* ``render_policy_file``: one CiliumClusterwideNetworkPolicy per file, as YAML written
+  without PyYAML (block style, every string double-quoted, ASCII only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections import Counter
+
+# -- ownership -------------------------------------------------------------------------------
+# Every rule this collection puts into an agent over REST carries these labels (source
+# ``netreap``, the label source Netreap already uses for endpoint labels).
+OWNER_SOURCE = "netreap"
+OWNER_KEY = "io.netreap.managed-by"
+OWNER_VALUE = "netreap.cilium"
+REVISION_KEY = "io.netreap.policy-revision"
+DIGEST_KEY = "io.netreap.rule-digest"
+OWNER_LABEL = "%s:%s=%s" % (OWNER_SOURCE, OWNER_KEY, OWNER_VALUE)
+OUR_LABEL_KEYS = (OWNER_KEY, REVISION_KEY, DIGEST_KEY)
+
+DEFAULT_CONSUL_KEY = "netreap.io/policy"
+# Consul's default limits.kv_max_value_size: a bigger value is refused with HTTP 413.
+CONSUL_MAX_VALUE_SIZE = 524288
+
+# Static policy files (--static-cnp-path): ``netreap-<slug>.yaml``, first line STATIC_MARKER.
+STATIC_PREFIX = "netreap-"
+STATIC_SUFFIX = ".yaml"
+STATIC_MARKER = "# Managed by netreap.cilium (cilium_policy); edits are overwritten."
+STATIC_KIND = "CiliumClusterwideNetworkPolicy"
+STATIC_API_VERSION = "cilium.io/v2"
+# The agent labels every rule it read from a file with these (and drops the file's labels).
+DIRECTORY_SOURCE = "directory"
+DIRECTORY_FILE_KEY = "filename"
+
+SUPPORTED_MINORS = tuple(range(13, 20))  # Cilium 1.13 .. 1.19
+MAX_PORTS = 40
+MAX_ICMP_FIELDS = 40
+
+
+class PolicyInputError(ValueError):
+    """Rules that cannot be read at all (not JSON, not a list, a JSON type error)."""
+
+
+class PolicyValidationError(ValueError):
+    """A rule the agent (or our stricter checks) would refuse."""
+
+    def __init__(self, message, index=None, name=None, field=None, versions=None):
+        self.message = message
+        self.index = index
+        self.name = name
+        self.field = field
+        self.versions = list(versions or [])
+        super().__init__(self.describe())
+
+    def describe(self):
+        where = "rules[%s]" % self.index if self.index is not None else "policy"
+        if self.name:
+            where += " (name=%s)" % self.name
+        if self.field:
+            where += " %s" % self.field
+        text = "invalid policy: %s: %s" % (where, self.message)
+        if self.versions:
+            text += " (Cilium %s)" % ", ".join(format_version(m) for m in self.versions)
+        return text
+
+
+def format_version(minor):
+    return "1.%d" % minor
+
+
+def parse_version(text):
+    """``1.16`` or ``1.16.5`` (optionally ``v``-prefixed) -> minor 16; ValueError otherwise."""
+    match = re.match(r"^v?1\.(\d+)(\.\d+)?$", str(text).strip())
+    if not match or int(match.group(1)) not in SUPPORTED_MINORS:
+        raise ValueError("unsupported Cilium version %r (supported: %s)" % (
+            text, ", ".join(format_version(m) for m in SUPPORTED_MINORS)))
+    return int(match.group(1))
+
+
+# ============================================================================================
+# Decoding: what the agent's JSON decoder reads, in one canonical form
+# ============================================================================================
+
+# Field tables in the agent's (Go struct) order.  A type is a scalar name, a struct name
+# (capitalised) or a one-element list for "list of".  ``object`` is a JSON object kept as is
+# (fields we pass through without a schema: TLS contexts, listeners, groups, services, ...).
+_FIELDS = {
+    "Rule": (("endpointSelector", "selector"), ("nodeSelector", "selector"),
+             ("ingress", ["IngressRule"]), ("ingressDeny", ["IngressDenyRule"]),
+             ("egress", ["EgressRule"]), ("egressDeny", ["EgressDenyRule"]),
+             ("labels", ["label"]), ("enableDefaultDeny", "DefaultDenyConfig"),
+             ("description", "string"), ("log", "LogConfig")),
+    "IngressRule": (("fromEndpoints", ["selector"]), ("fromRequires", ["selector"]),
+                    ("fromCIDR", ["string"]), ("fromCIDRSet", ["CIDRRule"]),
+                    ("fromEntities", ["string"]), ("fromGroups", ["object"]),
+                    ("fromNodes", ["selector"]), ("toPorts", ["PortRule"]),
+                    ("icmps", ["ICMPRule"]), ("authentication", "Authentication")),
+    "IngressDenyRule": (("fromEndpoints", ["selector"]), ("fromRequires", ["selector"]),
+                        ("fromCIDR", ["string"]), ("fromCIDRSet", ["CIDRRule"]),
+                        ("fromEntities", ["string"]), ("fromGroups", ["object"]),
+                        ("fromNodes", ["selector"]), ("toPorts", ["PortDenyRule"]),
+                        ("icmps", ["ICMPRule"])),
+    "EgressRule": (("toEndpoints", ["selector"]), ("toRequires", ["selector"]),
+                   ("toCIDR", ["string"]), ("toCIDRSet", ["CIDRRule"]),
+                   ("toEntities", ["string"]), ("toServices", ["object"]),
+                   ("toGroups", ["object"]), ("toNodes", ["selector"]),
+                   ("toPorts", ["PortRule"]), ("toFQDNs", ["FQDNSelector"]),
+                   ("icmps", ["ICMPRule"]), ("authentication", "Authentication")),
+    "EgressDenyRule": (("toEndpoints", ["selector"]), ("toRequires", ["selector"]),
+                       ("toCIDR", ["string"]), ("toCIDRSet", ["CIDRRule"]),
+                       ("toEntities", ["string"]), ("toServices", ["object"]),
+                       ("toGroups", ["object"]), ("toNodes", ["selector"]),
+                       ("toPorts", ["PortDenyRule"]), ("icmps", ["ICMPRule"])),
+    "CIDRRule": (("cidr", "string"), ("cidrGroupRef", "string"),
+                 ("cidrGroupSelector", "object"), ("except", ["string"])),
+    "PortRule": (("ports", ["PortProtocol"]), ("terminatingTLS", "object"),
+                 ("originatingTLS", "object"), ("serverNames", ["string"]),
+                 ("listener", "object"), ("rules", "L7Rules")),
+    "PortDenyRule": (("ports", ["PortProtocol"]),),
+    "PortProtocol": (("port", "port"), ("endPort", "int32"), ("protocol", "string")),
+    "L7Rules": (("http", ["PortRuleHTTP"]), ("kafka", ["object"]), ("dns", ["FQDNSelector"]),
+                ("l7proto", "string"), ("l7", ["strmap"])),
+    "PortRuleHTTP": (("path", "string"), ("method", "string"), ("host", "string"),
+                     ("headers", ["string"]), ("headerMatches", ["HeaderMatch"])),
+    "HeaderMatch": (("mismatch", "string"), ("name", "string"), ("secret", "object"),
+                    ("value", "string")),
+    "FQDNSelector": (("matchName", "string"), ("matchPattern", "string")),
+    "ICMPRule": (("fields", ["ICMPField"]),),
+    "ICMPField": (("family", "string"), ("type", "intstr")),
+    "DefaultDenyConfig": (("ingress", "bool"), ("egress", "bool")),
+    "LogConfig": (("value", "string"),),
+    "Authentication": (("mode", "string"),),
+}
+
+# First Cilium minor whose agent knows a field; older agents drop it silently (e.g. fromNodes
+# up to 1.15: the item would then allow more than written).  Reference §2, facts of the brief.
+_SINCE = {
+    ("Rule", "enableDefaultDeny"): 16, ("Rule", "log"): 18,
+    ("IngressRule", "fromNodes"): 16, ("IngressDenyRule", "fromNodes"): 16,
+    ("EgressRule", "toNodes"): 16, ("EgressDenyRule", "toNodes"): 16,
+    ("IngressRule", "authentication"): 14, ("EgressRule", "authentication"): 14,
+    ("CIDRRule", "cidrGroupRef"): 14, ("CIDRRule", "cidrGroupSelector"): 17,
+}
+
+_KIND_OF_JSON = ((bool, "bool"), (int, "number"), (float, "number"), (str, "string"),
+                 (list, "array"), (dict, "object"))
+
+
+def _json_kind(value):
+    if value is None:
+        return "null"
+    for pytype, name in _KIND_OF_JSON:
+        if isinstance(value, pytype):
+            return name
+    return type(value).__name__
+
+
+class _Decoder:
+    """Go ``encoding/json`` into ``api.Rules`` - strict where Go is silently lenient."""
+
+    def __init__(self):
+        self.path = []
+
+    def where(self, extra=None):
+        parts = self.path + ([extra] if extra else [])
+        text = ""
+        for part in parts:
+            text += part if part.startswith("[") or not text else "." + part
+        return text
+
+    def fail(self, message, extra=None):
+        raise PolicyInputError("%s: %s" % (self.where(extra) or "rules", message))
+
+    def type_error(self, value, expected, extra=None):
+        shown = json.dumps(value, default=str)[:80]
+        self.fail("expected %s, got %s %s" % (expected, _json_kind(value), shown), extra)
+
+    def rules(self, value):
+        if value is None:
+            raise PolicyInputError("rules: expected a list of rules, got null")
+        if isinstance(value, dict):
+            value = [value]  # one rule object: Netreap's key always held a list, be kind
+        if not isinstance(value, list):
+            raise PolicyInputError("rules: expected a list of rules, got %s" % _json_kind(value))
+        out = []
+        for index, item in enumerate(value):
+            self.path = ["rules[%d]" % index]
+            if not isinstance(item, dict):
+                self.type_error(item, "a rule object")
+            out.append(self.struct("Rule", item))
+        self.path = []
+        return out
+
+    def struct(self, name, obj):
+        fields = _FIELDS[name]
+        by_lower = {}
+        for key, ftype in fields:
+            by_lower[key.lower()] = (key, ftype)
+        out = {}
+        seen = {}
+        for key in obj:
+            match = by_lower.get(key.lower()) if isinstance(key, str) else None
+            if match is None:
+                known = ", ".join(f[0] for f in fields)
+                self.fail("unknown field %s (the agent would silently ignore it; known fields: %s)"
+                          % (json.dumps(key), known), str(key))
+            canonical, ftype = match
+            if canonical in seen:
+                twice = (json.dumps(seen[canonical]), json.dumps(key))
+                self.fail("field given twice (as %s and %s)" % twice, canonical)
+            seen[canonical] = key
+            value = obj[key]
+            if value is None:
+                if ftype == "selector":
+                    self.fail("null selector: the agent would select every endpoint; write {} "
+                              "if that is what you mean", canonical)
+                continue  # Go: null leaves the field unset
+            self.path.append(canonical)
+            decoded = self.value(ftype, value)
+            self.path.pop()
+            out[canonical] = decoded
+        if name == "Rule":
+            out["labels"] = [lbl for lbl in out.get("labels", []) if lbl["key"] not in OUR_LABEL_KEYS]
+            if not out["labels"]:
+                del out["labels"]
+        return {key: out[key] for key, unused in fields if key in out}
+
+    def value(self, ftype, value):
+        if isinstance(ftype, list):
+            if not isinstance(value, list):
+                self.type_error(value, "a list")
+            items = []
+            for index, item in enumerate(value):
+                self.path.append("[%d]" % index)
+                if item is None:
+                    self.fail("null list element (the agent would read it as an empty %s)"
+                              % ("selector, selecting every endpoint" if ftype[0] == "selector"
+                                 else "item"))
+                items.append(self.value(ftype[0], item))
+                self.path.pop()
+            return items
+        if ftype[0].isupper():
+            if not isinstance(value, dict):
+                self.type_error(value, "an object")
+            return self.struct(ftype, value)
+        return getattr(self, "scalar_" + ftype)(value)
+
+    def scalar_string(self, value):
+        if not isinstance(value, str):
+            self.type_error(value, "a string")
+        return value
+
+    def scalar_port(self, value):
+        # YAML turns ``port: 443`` into a number; the agent wants a string (else HTTP 400).
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return self.scalar_string(value)
+
+    def scalar_int32(self, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.type_error(value, "an integer")
+        if not -2 ** 31 <= value < 2 ** 31:
+            self.fail("%d does not fit into int32" % value)
+        return value
+
+    def scalar_bool(self, value):
+        if not isinstance(value, bool):
+            self.type_error(value, "true or false")
+        return value
+
+    def scalar_intstr(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            self.type_error(value, "an integer or a string")
+        return value
+
+    def scalar_object(self, value):
+        if not isinstance(value, dict):
+            self.type_error(value, "an object")
+        return value
+
+    def scalar_strmap(self, value):
+        if not isinstance(value, dict):
+            self.type_error(value, "an object of strings")
+        out = {}
+        for key in sorted(value, key=str):  # YAML may give non-string keys (``1: x``)
+            item = value[key]
+            if isinstance(item, int) and not isinstance(item, bool):
+                item = str(item)
+            if not isinstance(item, str):
+                self.type_error(item, "a string", str(key))
+            out[str(key)] = item
+        return out
+
+    def scalar_selector(self, value):
+        if not isinstance(value, dict):
+            self.type_error(value, "a label selector object")
+        out = {}
+        for key, item in value.items():
+            lower = key.lower() if isinstance(key, str) else None
+            if lower not in ("matchlabels", "matchexpressions"):
+                self.fail("unknown selector field %s (the agent would ignore it and select every "
+                          "endpoint; use matchLabels or matchExpressions)" % json.dumps(key), str(key))
+            if item is None:
+                continue
+            if lower == "matchlabels":
+                self.path.append("matchLabels")
+                out["matchLabels"] = self.scalar_strmap(item)
+                self.path.pop()
+            else:
+                self.path.append("matchExpressions")
+                if not isinstance(item, list):
+                    self.type_error(item, "a list")
+                reqs = []
+                for index, req in enumerate(item):
+                    self.path.append("[%d]" % index)
+                    reqs.append(self.requirement(req))
+                    self.path.pop()
+                self.path.pop()
+                out["matchExpressions"] = reqs
+        return {k: out[k] for k in ("matchLabels", "matchExpressions") if k in out}
+
+    def requirement(self, req):
+        if not isinstance(req, dict):
+            self.type_error(req, "an object with key, operator and values")
+        out = {"key": "", "operator": ""}
+        for key, item in req.items():
+            lower = key.lower() if isinstance(key, str) else None
+            if lower not in ("key", "operator", "values"):
+                self.fail("unknown field %s (known: key, operator, values)" % json.dumps(key), str(key))
+            if item is None:
+                continue
+            if lower == "values":
+                if not isinstance(item, list):
+                    self.type_error(item, "a list of strings", "values")
+                values = []
+                for value in item:
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        value = str(value)
+                    if not isinstance(value, str):
+                        self.type_error(value, "a string", "values")
+                    values.append(value)
+                out["values"] = values
+            else:
+                if not isinstance(item, str):
+                    self.type_error(item, "a string", lower)
+                out[lower] = item
+        return out
+
+    def scalar_label(self, value):
+        """``labels.Label``: ``{"key", "value", "source"}`` or the short ``source:key=value``."""
+        if isinstance(value, str):
+            if value == "":
+                self.fail("empty label")
+            source, key, val = parse_label(value)
+        elif isinstance(value, dict):
+            parts = {"key": "", "value": "", "source": ""}
+            for key, item in value.items():
+                lower = key.lower() if isinstance(key, str) else None
+                if lower not in parts:
+                    self.fail("unknown label field %s (known: key, value, source)" % json.dumps(key))
+                if item is not None and not isinstance(item, str):
+                    self.type_error(item, "a string", lower)
+                parts[lower] = item or ""
+            if not parts["key"]:
+                self.fail("label %s has no key" % json.dumps(value, sort_keys=True))
+            source, key, val = parts["source"], parts["key"], parts["value"]
+        else:
+            self.type_error(value, "a label (string or object)")
+        return label_object(source, key, val)
+
+
+def normalize_rules(value):
+    """Rules (a list, one rule object, or JSON text of either) -> canonical list of rules.
+
+    Raises PolicyInputError.  Our own ownership labels are dropped (they are added when the
+    rules are applied), so rules copied from an agent's ``GET /policy`` read back the same.
+    """
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyInputError("rules are not UTF-8 text: %s" % exc)
+    if isinstance(value, str):
+        value = parse_rules_text(value)
+    return _Decoder().rules(value)
+
+
+def parse_rules_text(text, what="rules"):
+    if not text.strip():
+        raise PolicyInputError("%s: empty (expected a JSON list of rules)" % what)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise PolicyInputError("%s: not valid JSON: %s" % (what, exc))
+
+
+# ============================================================================================
+# Labels
+# ============================================================================================
+
+def parse_label(text, default_source="unspec"):
+    """``labels.ParseLabel``: ``[source:]key[=value]``; ``$host`` means ``reserved:host``."""
+    source, rest = "", text
+    if text.startswith("$"):
+        source, rest = "reserved", text[1:]
+    elif ":" in text:
+        source, rest = text.split(":", 1)
+    key, sep, value = rest.partition("=")
+    return source or default_source, key, value if sep else ""
+
+
+def label_object(source, key, value):
+    """A label in the agent's JSON form (``value``/``source`` left out when empty)."""
+    out = {"key": key}
+    if value:
+        out["value"] = value
+    if source:
+        out["source"] = source
+    return out
+
+
+def label_triples(rule):
+    """``(source, key, value)`` of every label of a rule, whichever form the labels are in."""
+    out = []
+    for label in rule.get("labels") or []:
+        if isinstance(label, str):
+            out.append(parse_label(label))
+        elif isinstance(label, dict):
+            out.append((label.get("source") or "", label.get("key") or "", label.get("value") or ""))
+    return out
+
+
+def label_value(rule, key, source=None):
+    for lsource, lkey, lvalue in label_triples(rule):
+        if lkey == key and (source is None or lsource == source):
+            return lvalue
+    return None
+
+
+def is_owned_rule(rule):
+    return label_value(rule, OWNER_KEY, OWNER_SOURCE) == OWNER_VALUE
+
+
+def revision_label(revision):
+    return "%s:%s=%s" % (OWNER_SOURCE, REVISION_KEY, revision)
+
+
+def rule_name(rule):
+    """The rule's ``name`` label (Netreap's and Cilium's docs' convention), else None."""
+    for key in ("name", "io.cilium.k8s.policy.name"):
+        for source, lkey, value in label_triples(rule):
+            if lkey == key and source not in (OWNER_SOURCE, DIRECTORY_SOURCE) and value:
+                return value
+    return None
+
+
+# ============================================================================================
+# Identity of rules and policies
+# ============================================================================================
+
+def canonical_json(value):
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def rule_digest(rule):
+    """12 hex characters identifying a (user) rule's content."""
+    return hashlib.sha256(canonical_json(rule).encode("utf-8")).hexdigest()[:12]
+
+
+def policy_revision(rules):
+    """16 hex characters identifying the whole rule list (order included)."""
+    return hashlib.sha256(canonical_json(rules).encode("utf-8")).hexdigest()[:16]
+
+
+def consul_value(rules):
+    """The text published in Consul: a JSON array (Netreap's format), indented for humans."""
+    return json.dumps(rules, indent=2, ensure_ascii=False) + "\n"
+
+
+def rule_refs(rules):
+    """``[(ref, digest)]``: ``ref`` is the name label, or ``#<position>`` for unnamed rules."""
+    return [(rule_name(rule) or "#%d" % index, rule_digest(rule)) for index, rule in enumerate(rules)]
+
+
+def diff_refs(old, new):
+    """Added, removed and changed rules between two ``rule_refs`` lists.
+
+    Named rules are matched by name (same name, other content = changed); unnamed rules by
+    content, since their position says little about their identity.
+    """
+    def split(refs):
+        named, unnamed = {}, Counter()
+        for ref, digest in refs:
+            if ref.startswith("#"):
+                unnamed[digest] += 1
+            else:
+                named.setdefault(ref, []).append(digest)
+        return named, unnamed
+
+    old_named, old_unnamed = split(old)
+    new_named, new_unnamed = split(new)
+    added = [n for n in new_named if n not in old_named]
+    removed = [n for n in old_named if n not in new_named]
+    changed = [n for n in new_named if n in old_named and sorted(old_named[n]) != sorted(new_named[n])]
+    refs_by_digest_new = {d: r for r, d in new if r.startswith("#")}
+    refs_by_digest_old = {d: r for r, d in old if r.startswith("#")}
+    for digest, count in (new_unnamed - old_unnamed).items():
+        added.extend([refs_by_digest_new[digest]] * count)
+    for digest, count in (old_unnamed - new_unnamed).items():
+        removed.extend([refs_by_digest_old[digest]] * count)
+    return {"added": added, "removed": removed, "changed": changed}
+
+
+def labelled_for_agent(rules, revision):
+    """Our rules as PUT to the agent: the user's labels plus owner, revision and digest."""
+    out = []
+    for rule in rules:
+        rule = dict(rule)
+        labels = list(rule.get("labels") or [])
+        labels += [label_object(OWNER_SOURCE, OWNER_KEY, OWNER_VALUE),
+                   label_object(OWNER_SOURCE, REVISION_KEY, revision),
+                   label_object(OWNER_SOURCE, DIGEST_KEY, rule_digest(_strip_ours(rule)))]
+        rule["labels"] = labels
+        out.append(rule)
+    return out
+
+
+def _strip_ours(rule):
+    rule = dict(rule)
+    labels = [lbl for lbl in rule.get("labels") or [] if lbl.get("key") not in OUR_LABEL_KEYS]
+    if labels:
+        rule["labels"] = labels
+    else:
+        rule.pop("labels", None)
+    return rule
+
+
+def agent_rule_refs(agent_rules):
+    """``rule_refs`` of the rules we own in an agent (from their digest labels)."""
+    refs = []
+    for index, rule in enumerate(r for r in agent_rules if is_owned_rule(r)):
+        refs.append((rule_name(rule) or "#%d" % index, label_value(rule, DIGEST_KEY, OWNER_SOURCE) or ""))
+    return refs
+
+
+# ============================================================================================
+# Validation (Rule.Sanitize / Rule.Validate, Cilium 1.13 .. 1.19)
+# ============================================================================================
+
+_ENTITIES = ("all", "world", "cluster", "host", "init", "ingress", "unmanaged", "remote-node",
+             "health", "none", "kube-apiserver")
+_ENTITIES_SINCE_15 = ("world-ipv4", "world-ipv6")
+_PROTOCOLS = ("TCP", "UDP", "SCTP", "ANY")  # SCTP is accepted by every supported version
+
+_INGRESS_PEERS = ("fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities", "fromNodes", "fromGroups")
+_EGRESS_PEERS = ("toCIDR", "toCIDRSet", "toEndpoints", "toEntities", "toServices", "toFQDNs",
+                 "toGroups", "toNodes")
+_GO_NAMES = {"fromCIDR": "FromCIDR", "fromCIDRSet": "FromCIDRSet", "toCIDR": "ToCIDR",
+             "toCIDRSet": "ToCIDRSet", "toFQDNs": "ToFQDNs"}
+
+_NODE_SELECTOR_MSG = ('FromNodes/ToNodes rules can only be applied when the '
+                      '"enable-node-selector-labels" flag is set')
+_FQDN_NAME_RE = re.compile(r"[-a-zA-Z0-9_.]+")
+_FQDN_PATTERN_RE = re.compile(r"[-a-zA-Z0-9_.*]+")
+
+# apimachinery (k8s.io/apimachinery/pkg/util/validation) formats and messages
+_QNAME_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_QNAME_ERR = ("must consist of alphanumeric characters, '-', '_' or '.', and must start and end with "
+              "an alphanumeric character")
+_LVALUE_FMT = "(" + _QNAME_FMT + ")?"
+_LVALUE_ERR = ("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' "
+               "or '.', and must start and end with an alphanumeric character")
+_DNS_LABEL_FMT = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN_FMT = _DNS_LABEL_FMT + "(\\." + _DNS_LABEL_FMT + ")*"
+_DNS_SUBDOMAIN_ERR = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+                      "'-' or '.', and must start and end with an alphanumeric character")
+
+
+def _go_q(text):
+    """Go's ``%q`` for the strings that occur here (JSON escaping, non-ASCII kept)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _regex_error(msg, fmt, *examples):
+    if not examples:
+        return "%s (regex used for validation is '%s')" % (msg, fmt)
+    # Built like apimachinery's RegexError, whose joins leave two spaces before "or".
+    text = msg + " (e.g. "
+    for index, example in enumerate(examples):
+        if index > 0:
+            text += " or "
+        text += "'" + example + "', "
+    return text + "regex used for validation is '" + fmt + "')"
+
+
+def dns1123_subdomain_errors(value):
+    errors = []
+    if len(value) > 253:
+        errors.append("must be no more than 253 characters")
+    if not re.fullmatch(_DNS_SUBDOMAIN_FMT, value):
+        errors.append(_regex_error(_DNS_SUBDOMAIN_ERR, _DNS_SUBDOMAIN_FMT, "example.com"))
+    return errors
+
+
+def _qualified_name_errors(value):
+    parts = value.split("/")
+    if len(parts) > 2:
+        return ["a qualified name " + _regex_error(_QNAME_ERR, _QNAME_FMT, "MyName", "my.name", "123-abc")
+                + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
+    errors = []
+    name = parts[-1]
+    if len(parts) == 2:
+        if not parts[0]:
+            errors.append("prefix part must be non-empty")
+        else:
+            errors.extend("prefix part " + m for m in dns1123_subdomain_errors(parts[0]))
+    if not name:
+        errors.append("name part must be non-empty")
+    elif len(name) > 63:
+        errors.append("name part must be no more than 63 characters")
+    if not re.fullmatch(_QNAME_FMT, name):
+        errors.append("name part " + _regex_error(_QNAME_ERR, _QNAME_FMT, "MyName", "my.name", "123-abc"))
+    return errors
+
+
+def _label_value_errors(value):
+    errors = []
+    if len(value) > 63:
+        errors.append("must be no more than 63 characters")
+    if not re.fullmatch(_LVALUE_FMT, value):
+        errors.append(_regex_error(_LVALUE_ERR, _LVALUE_FMT, "MyValue", "my_value", "12345"))
+    return errors
+
+
+def _extended_key(key):
+    """``labels.GetExtendedKeyFrom``: ``source:key`` -> ``source.key``; no source -> ``any.key``."""
+    source, rest = "", key
+    if key.startswith("$"):
+        source, rest = "reserved", key[1:]
+    elif ":" in key:
+        source, rest = key.split(":", 1)
+    elif key.startswith("reserved."):
+        source, rest = "reserved", key[len("reserved."):]
+    return "%s.%s" % (source or "any", rest.split("=", 1)[0])
+
+
+def selector_error(selector):
+    """``metav1validation.ValidateLabelSelector`` on the extended keys, or None."""
+    errors = []
+    labels = selector.get("matchLabels") or {}
+    for key in sorted(labels):  # Go iterates the map in random order; we sort
+        extended = _extended_key(key)
+        errors += ["matchLabels: Invalid value: %s: %s" % (_go_q(extended), m)
+                   for m in _qualified_name_errors(extended)]
+        errors += ["matchLabels: Invalid value: %s: %s" % (_go_q(labels[key]), m)
+                   for m in _label_value_errors(labels[key])]
+    for index, req in enumerate(selector.get("matchExpressions") or []):
+        at = "matchExpressions[%d]" % index
+        operator, values = req.get("operator", ""), req.get("values") or []
+        if operator in ("In", "NotIn"):
+            if not values:
+                errors.append("%s.values: Required value: must be specified when `operator` is 'In' or "
+                              "'NotIn'" % at)
+        elif operator in ("Exists", "DoesNotExist"):
+            if values:
+                errors.append("%s.values: Forbidden: may not be specified when `operator` is 'Exists' or "
+                              "'DoesNotExist'" % at)
+        else:
+            errors.append("%s.operator: Invalid value: %s: not a valid selector operator" % (at, _go_q(operator)))
+        extended = _extended_key(req.get("key", ""))
+        errors += ["%s.key: Invalid value: %s: %s" % (at, _go_q(extended), m)
+                   for m in _qualified_name_errors(extended)]
+        for vindex, value in enumerate(values):
+            errors += ["%s.values[%d]: Invalid value: %s: %s" % (at, vindex, _go_q(value), m)
+                       for m in _label_value_errors(value)]
+    if not errors:
+        return None
+    return errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+
+
+# -- Go net/netip and strconv error texts ------------------------------------------------------
+
+def _parse_addr_error(text):
+    """``netip.ParseAddr(text)`` error text, or None when it parses."""
+    def err(msg, at=None):
+        out = "ParseAddr(%s): %s" % (_go_q(text), msg)
+        return out + (" (at %s)" % _go_q(at) if at is not None else "")
+
+    for char in text:
+        if char == ".":
+            break
+        if char == ":":
+            try:
+                ipaddress.IPv6Address(text.split("%", 1)[0])
+                return None
+            except ValueError:
+                return err("unable to parse IP")  # Go has finer IPv6 messages; this is the gist
+        if char == "%":
+            return err("missing IPv6 address")
+    else:
+        return err("unable to parse IP")
+    fields, value, digits = 0, 0, 0
+    for index, char in enumerate(text):
+        if "0" <= char <= "9":
+            if digits == 1 and value == 0:
+                return err("IPv4 field has octet with leading zero")
+            value = value * 10 + int(char)
+            digits += 1
+            if value > 255:
+                return err("IPv4 field has value >255")
+        elif char == ".":
+            if index == 0 or index == len(text) - 1 or text[index - 1] == ".":
+                return err("IPv4 field must have at least one digit", text[index:])
+            if fields == 3:
+                return err("IPv4 address too long")
+            fields += 1
+            value, digits = 0, 0
+        else:
+            return err("unexpected character", text[index:])
+    if fields < 3:
+        return err("IPv4 address too short")
+    return None
+
+
+def _parse_prefix(text):
+    """``netip.ParsePrefix(text)`` -> (network, None) or (None, error text)."""
+    def err(msg):
+        return None, "netip.ParsePrefix(%s): %s" % (_go_q(text), msg)
+
+    slash = text.rfind("/")
+    if slash < 0:
+        return err("no '/'")
+    addr, bits = text[:slash], text[slash + 1:]
+    addr_error = _parse_addr_error(addr)
+    if addr_error:
+        return err(addr_error)
+    if "%" in addr:
+        return err("IPv6 zones cannot be present in a prefix")
+    if not re.fullmatch(r"[0-9]+", bits) or (len(bits) > 1 and bits[0] == "0"):
+        return err("bad bits after slash: %s" % _go_q(bits))
+    address = ipaddress.ip_address(addr)
+    if int(bits) > address.max_prefixlen:
+        return err("prefix length out of range")
+    return ipaddress.ip_network("%s/%s" % (addr, bits), strict=False), None
+
+
+def _parse_port_number(text):
+    """``strconv.ParseUint(text, 0, 16)`` -> (value, None) or (None, error text)."""
+    prefix = "strconv.ParseUint: parsing %s: " % _go_q(text)
+    body, base = text, 10
+    if len(text) > 1 and text[0] == "0":
+        marker = text[1].lower()
+        base = {"x": 16, "o": 8, "b": 2}.get(marker, 8)
+        body = text[2:] if marker in "xob" else text[1:]
+        body = body.replace("_", "")
+    digits = "0123456789abcdef"[:base]
+    if not body or any(c.lower() not in digits for c in body):
+        return None, prefix + "invalid syntax"
+    value = int(body, base)
+    if value > 0xFFFF:
+        return None, prefix + "value out of range"
+    return value, None
+
+
+def _is_iana_service_name(name):
+    """``iana.IsSvcName``: 1-15 letters/digits/hyphens, a letter, no leading/trailing/double hyphen."""
+    return (0 < len(name) <= 15 and re.fullmatch(r"[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*", name) is not None
+            and re.search(r"[a-zA-Z]", name) is not None)
+
+
+def _regexp_error(expr):
+    """A Go ``regexp.Compile`` (RE2) error for ``expr``, or None.  RE2 has no look-around and
+    no back-references; other syntax errors are reported with Go's wording where we know it."""
+    for perl in ("(?=", "(?!", "(?<=", "(?<!"):
+        if perl in expr:
+            return "error parsing regexp: invalid or unsupported Perl syntax: `%s`" % perl
+    backref = re.search(r"\\[1-9]", expr)
+    if backref:
+        return "error parsing regexp: invalid escape sequence: `%s`" % backref.group(0)
+    try:
+        re.compile(expr)
+    except re.error as exc:
+        text = str(exc)
+        if "missing )" in text:
+            return "error parsing regexp: missing closing ): `%s`" % expr
+        if "unbalanced parenthesis" in text:
+            return "error parsing regexp: unexpected ): `%s`" % expr
+        if "unterminated character set" in text:
+            return "error parsing regexp: missing closing ]: `%s`" % expr[expr.rfind("["):]
+        if "nothing to repeat" in text or "multiple repeat" in text:
+            return "error parsing regexp: missing argument to repetition operator: `%s`" % (
+                expr[exc.pos:exc.pos + 1] if exc.pos is not None else expr)
+        return "error parsing regexp: %s: `%s`" % (text, expr)
+    return None
+
+
+class _Reject(Exception):
+    def __init__(self, message, field):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class _RuleChecker:
+    """The agent's checks for one Cilium minor version and (when known) its flags.
+
+    ``l7_proxy`` / ``node_selector_labels`` / ``icmp_rules``: the agent's flags, or None when
+    unknown (publishing without an agent): checks that depend on them are skipped then.
+    """
+
+    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None):
+        self.minor = minor
+        self.l7_proxy = l7_proxy
+        self.node_selector_labels = node_selector_labels
+        self.icmp_rules = icmp_rules
+        self.lower = minor >= 19  # 1.19 lower-cased a few messages
+        self.entities = set(_ENTITIES)
+        if minor >= 15:
+            self.entities.update(_ENTITIES_SINCE_15)
+
+    def case(self, text):
+        return text[0].lower() + text[1:] if self.lower else text
+
+    def since(self, struct, obj, at):
+        for key in obj:
+            first = _SINCE.get((struct, key))
+            if first is not None and self.minor < first:
+                raise _Reject("%s is not supported before Cilium 1.%d (this agent would silently ignore "
+                              "it)" % (key, first), "%s.%s" % (at, key) if at else key)
+
+    # -- rule ---------------------------------------------------------------------------------
+    def rule(self, rule):
+        self.since("Rule", rule, "")
+        directions = ("ingress", "ingressDeny", "egress", "egressDeny")
+        if self.minor >= 17 and not any(rule.get(d) for d in directions):
+            raise _Reject("rule must have at least one of Ingress, IngressDeny, Egress, EgressDeny", None)
+        has_endpoints, has_nodes = "endpointSelector" in rule, "nodeSelector" in rule
+        if not has_endpoints and not has_nodes:
+            raise _Reject("rule must have one of EndpointSelector or NodeSelector", None)
+        if has_endpoints and has_nodes:
+            raise _Reject("rule cannot have both EndpointSelector and NodeSelector", None)
+        subject = "endpointSelector" if has_endpoints else "nodeSelector"
+        self.selector(rule[subject], subject)
+        host = has_nodes
+        for index, item in enumerate(rule.get("ingress") or []):
+            at = "ingress[%d]" % index
+            self.peer_item(item, at, "IngressRule", _INGRESS_PEERS, ingress=True, deny=False, host=host)
+        for index, item in enumerate(rule.get("ingressDeny") or []):
+            at = "ingressDeny[%d]" % index
+            self.peer_item(item, at, "IngressDenyRule", _INGRESS_PEERS, ingress=True, deny=True, host=host)
+        for index, item in enumerate(rule.get("egress") or []):
+            at = "egress[%d]" % index
+            self.peer_item(item, at, "EgressRule", _EGRESS_PEERS, ingress=False, deny=False, host=host)
+        for index, item in enumerate(rule.get("egressDeny") or []):
+            at = "egressDeny[%d]" % index
+            self.peer_item(item, at, "EgressDenyRule", _EGRESS_PEERS, ingress=False, deny=True, host=host)
+
+    def selector(self, selector, at):
+        message = selector_error(selector)
+        if message:
+            raise _Reject("invalid label selector: " + message, at)
+
+    # -- ingress / egress items ---------------------------------------------------------------
+    def peer_item(self, item, at, struct, peers, ingress, deny, host):
+        self.since(struct, item, at)
+        present = [p for p in peers if item.get(p)]
+        if len(present) > 1:
+            # Go ranges over a map here, so the agent names the pair in random order.
+            raise _Reject("%s %s and %s is not supported yet" % (
+                self.case("Combining"), _GO_NAMES.get(present[0], present[0][0].upper() + present[0][1:]),
+                _GO_NAMES.get(present[1], present[1][0].upper() + present[1][1:])), at)
+        if not ingress and item.get("toServices") and item.get("toPorts"):
+            raise _Reject(self.case("Combining") + " ToServices and ToPorts is not supported yet", at)
+        port_rules = item.get("toPorts") or []
+        l7 = {} if deny else _l7_counts(port_rules)
+        if l7:
+            self.l7_placement(l7, at, ingress, host)
+        if item.get("icmps"):
+            if self.icmp_rules is False:
+                raise _Reject('ICMP rules can only be applied when the "enable-icmp-rules" flag is set',
+                              at + ".icmps")
+            if port_rules:
+                raise _Reject("The ICMPs block may only be present without ToPorts. Define a separate "
+                              "rule to use ToPorts.", at)
+        prefix = "from" if ingress else "to"
+        for key in (prefix + "Endpoints", prefix + "Requires", prefix + "Nodes"):
+            for index, selector in enumerate(item.get(key) or []):
+                self.selector(selector, "%s.%s[%d]" % (at, key, index))
+        for index, cidr in enumerate(item.get(prefix + "CIDR") or []):
+            self.cidr(cidr, "%s.%sCIDR[%d]" % (at, prefix, index))
+        for index, cidr_rule in enumerate(item.get(prefix + "CIDRSet") or []):
+            self.cidr_rule(cidr_rule, "%s.%sCIDRSet[%d]" % (at, prefix, index))
+        for index, entity in enumerate(item.get(prefix + "Entities") or []):
+            if entity not in self.entities:
+                raise _Reject("unsupported entity: %s" % entity, "%s.%sEntities[%d]" % (at, prefix, index))
+        for index, fqdn in enumerate(item.get("toFQDNs") or []):
+            self.fqdn(fqdn, "%s.toFQDNs[%d]" % (at, index), selector=True)
+        for index, port_rule in enumerate(port_rules):
+            where = "%s.toPorts[%d]" % (at, index)
+            if deny:
+                self.ports(port_rule.get("ports") or [], where, has_dns=False)
+            else:
+                self.port_rule(port_rule, where, ingress)
+        for index, icmp in enumerate(item.get("icmps") or []):
+            fields = icmp.get("fields") or []
+            where = "%s.icmps[%d]" % (at, index)
+            if len(fields) > MAX_ICMP_FIELDS:
+                raise _Reject("too many types, the max is %d" % MAX_ICMP_FIELDS, where + ".fields")
+            for findex, field in enumerate(fields):
+                if field.get("family", "") not in ("", "IPv4", "IPv6"):
+                    raise _Reject("wrong family: %s" % field["family"], "%s.fields[%d].family" % (where, findex))
+        if item.get(prefix + "Nodes") and self.node_selector_labels is False:
+            raise _Reject(_NODE_SELECTOR_MSG, "%s.%sNodes" % (at, prefix))
+
+    def l7_placement(self, l7, at, ingress, host):
+        if host:
+            if self.lower:
+                if ingress:
+                    raise _Reject("L7 policy is not supported on host ingress yet", at)
+                for member in ("HTTP", "Kafka"):
+                    if l7.get(member):
+                        raise _Reject("L7 protocol %s is not supported on host egress yet" % member, at)
+            else:
+                raise _Reject("host policies do not support L7 rules yet", at)
+        if self.l7_proxy is False:
+            raise _Reject("L7 policy is not supported since L7 proxy is not enabled", at)
+        if ingress and l7.get("DNS"):
+            raise _Reject("L7 protocol DNS is not supported on ingress yet", at)
+
+    # -- L4 / L7 ------------------------------------------------------------------------------
+    def port_rule(self, port_rule, at, ingress):
+        rules = port_rule.get("rules")
+        has_dns = bool(rules and rules.get("dns"))
+        l7_empty = _l7_empty(rules)
+        if ingress and has_dns:
+            raise _Reject("DNS rules are not allowed on ingress", at + ".rules.dns")
+        if port_rule.get("serverNames") and not l7_empty and "terminatingTLS" not in port_rule:
+            raise _Reject("ServerNames are not allowed with L7 rules without TLS termination", at + ".serverNames")
+        for index, server_name in enumerate(port_rule.get("serverNames") or []):
+            if server_name == "":
+                raise _Reject("Empty server name is not allowed", "%s.serverNames[%d]" % (at, index))
+        ports = port_rule.get("ports") or []
+        have_zero = self.ports(ports, at, has_dns)
+        if not l7_empty and not has_dns:
+            for index, port in enumerate(ports):
+                protocol = (port.get("protocol") or "ANY").upper()
+                if protocol != "TCP":
+                    raise _Reject("L7 rules can only apply to TCP (not %s) except for DNS rules" % protocol,
+                                  "%s.ports[%d].protocol" % (at, index))
+        listener = port_rule.get("listener")
+        if listener is not None:
+            name = listener.get("name", "")
+            if ingress:
+                raise _Reject("Listener is not allowed on ingress (%s)" % name, at + ".listener")
+            if not l7_empty:
+                raise _Reject("Listener is not allowed with L7 rules (%s)" % name, at + ".listener")
+        if not l7_empty:
+            if have_zero:
+                raise _Reject("L7 rules can not be used when a port is 0", at + ".ports")
+            self.l7_rules(rules, ports, at + ".rules")
+
+    def ports(self, ports, at, has_dns):
+        """Checks every PortProtocol; returns whether one of them is port 0."""
+        if len(ports) > MAX_PORTS:
+            raise _Reject("too many ports, the max is %d" % MAX_PORTS, at + ".ports")
+        have_zero = False
+        for index, port in enumerate(ports):
+            where = "%s.ports[%d]" % (at, index)
+            text = port.get("port", "")
+            if text == "":
+                raise _Reject(self.case("Port must be specified"), where + ".port")
+            if not _is_iana_service_name(text):
+                value, error = _parse_port_number(text)
+                if error:
+                    raise _Reject(self.case("Unable to parse port: ") + error, where + ".port")
+                have_zero = have_zero or value == 0
+                if has_dns and port.get("endPort", 0) > value:
+                    raise _Reject("DNS rules do not support port ranges", where + ".endPort")
+            protocol = port.get("protocol", "")
+            if protocol and protocol.upper() not in _PROTOCOLS:
+                raise _Reject("invalid protocol %s, must be { tcp | udp | sctp | any }" % _go_q(protocol.upper()),
+                              where + ".protocol")
+        return have_zero
+
+    def l7_rules(self, rules, ports, at):
+        kinds = 0
+        if "http" in rules:
+            kinds += 1
+            for index, http in enumerate(rules["http"]):
+                where = "%s.http[%d]" % (at, index)
+                for key in ("path", "method", "host"):
+                    if http.get(key):
+                        error = _regexp_error(http[key])
+                        if error:
+                            raise _Reject(error, "%s.%s" % (where, key))
+                for mindex, match in enumerate(http.get("headerMatches") or []):
+                    mwhere = "%s.headerMatches[%d]" % (where, mindex)
+                    if not match.get("name"):
+                        raise _Reject("Header name missing", mwhere)
+                    if match.get("mismatch", "") not in ("", "LOG", "ADD", "DELETE", "REPLACE"):
+                        raise _Reject("Invalid header action: %s" % match["mismatch"], mwhere + ".mismatch")
+                    secret = match.get("secret")
+                    if secret is not None and not secret.get("name"):
+                        raise _Reject("Secret name missing", mwhere + ".secret")
+        if "kafka" in rules:
+            kinds += 1
+        if "dns" in rules:
+            if not ports:
+                raise _Reject(self.case("Port 53 must be specified for DNS rules"), at + ".dns")
+            kinds += 1
+            for index, dns in enumerate(rules["dns"]):
+                self.fqdn(dns, "%s.dns[%d]" % (at, index), selector=False)
+        if "l7" in rules and not rules.get("l7proto"):
+            raise _Reject("'l7' may only be specified when a 'l7proto' is also specified", at + ".l7")
+        if rules.get("l7proto"):
+            kinds += 1
+        if kinds > 1:
+            raise _Reject("multiple L7 protocol rule types specified in single rule", at)
+
+    def fqdn(self, fqdn, at, selector):
+        name, pattern = fqdn.get("matchName", ""), fqdn.get("matchPattern", "")
+        if selector and name and pattern:
+            raise _Reject("only one of MatchName or MatchPattern is allowed in an FQDNSelector", at)
+        if name and not _FQDN_NAME_RE.fullmatch(name):
+            raise _Reject('Invalid characters in MatchName: "%s". Only 0-9, a-z, A-Z and . and - characters '
+                          'are allowed' % name, at + ".matchName")
+        if pattern and not _FQDN_PATTERN_RE.fullmatch(pattern):
+            raise _Reject('Invalid characters in MatchPattern: "%s". Only 0-9, a-z, A-Z and ., - and * '
+                          'characters are allowed' % pattern, at + ".matchPattern")
+
+    # -- CIDR ---------------------------------------------------------------------------------
+    def cidr(self, text, at):
+        if text == "":
+            raise _Reject("IP must be specified", at)
+        network, unused = _parse_prefix(text)
+        if network is None:
+            error = _parse_addr_error(text)  # a bare address is a /32 (or /128) here
+            if error:
+                raise _Reject("unable to parse CIDR: " + error, at)
+
+    def cidr_rule(self, rule, at):
+        self.since("CIDRRule", rule, at)
+        if rule.get("cidrGroupRef") or "cidrGroupSelector" in rule:
+            return  # resolved from CiliumCIDRGroups (K8s); nothing to parse
+        text = rule.get("cidr", "")
+        network, error = _parse_prefix(text)
+        if error:
+            raise _Reject("%s CIDRRule %s: %s" % (self.case("Unable to parse"), _go_q(text), error), at + ".cidr")
+        for index, excluded in enumerate(rule.get("except") or []):
+            except_net, error = _parse_prefix(excluded)
+            if error:
+                raise _Reject(error, "%s.except[%d]" % (at, index))
+            if except_net.version != network.version or except_net.network_address not in network:
+                raise _Reject("allow CIDR prefix %s does not contain exclude CIDR prefix %s" % (text, excluded),
+                              "%s.except[%d]" % (at, index))
+
+
+def _l7_empty(rules):
+    """``L7Rules.IsEmpty``: nothing set (an explicit ``"http": []`` is *not* empty)."""
+    if rules is None:
+        return True
+    return not any(k in rules for k in ("http", "kafka", "dns", "l7")) and not rules.get("l7proto")
+
+
+def _l7_counts(port_rules):
+    """``countL7Rules``: rules per L7 protocol; empty when no PortRule carries L7 rules."""
+    counts = {}
+    for port_rule in port_rules:
+        rules = port_rule.get("rules")
+        if _l7_empty(rules):
+            continue
+        for member, key in (("DNS", "dns"), ("HTTP", "http"), ("Kafka", "kafka")):
+            counts[member] = counts.get(member, 0) + len(rules.get(key) or [])
+    return counts
+
+
+class ValidationTarget:
+    """One agent configuration to validate for: a Cilium minor and the flags, where known."""
+
+    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None):
+        self.minor = minor
+        self.l7_proxy = l7_proxy
+        self.node_selector_labels = node_selector_labels
+        self.icmp_rules = icmp_rules
+
+    def key(self):
+        return (self.minor, self.l7_proxy, self.node_selector_labels, self.icmp_rules)
+
+
+def validate_rules(rules, targets):
+    """Check normalised ``rules`` for every target; raise PolicyValidationError on the first
+    rule that fails, naming it, the field, the agent's message and the versions it fails on."""
+    checkers = [(t.minor, _RuleChecker(t.minor, t.l7_proxy, t.node_selector_labels, t.icmp_rules))
+                for t in sorted(targets, key=lambda t: t.minor)]
+    for index, rule in enumerate(rules):
+        first, failing = None, []
+        for minor, checker in checkers:
+            try:
+                checker.rule(rule)
+            except _Reject as exc:
+                failing.append(minor)
+                if first is None:
+                    first = exc
+        if first is not None:
+            raise PolicyValidationError(first.message, index=index, name=rule_name(rule),
+                                        field=first.field, versions=sorted(set(failing)))
+
+
+# ============================================================================================
+# REST plans
+# ============================================================================================
+
+def plan_rest(desired, agent_rules, method, agent_revision=None):
+    """What to do in an agent with a REST policy API.
+
+    ``method`` is ``replace-with-labels`` (1.15-1.18: one PUT that atomically swaps every rule
+    carrying our owner label for the new ones) or ``add-then-delete`` (<= 1.14: PUT the new
+    rules with a new revision label, then DELETE our older revisions).  Rules we do not own are
+    never touched; ``DELETE /policy`` is never sent without labels.
+
+    Returns ``{"changed", "revision", "put", "replace_with_labels", "delete", "diff"}`` where
+    ``put`` is the labelled rules (or None) and ``delete`` a list of label lists.
+    """
+    revision = policy_revision(desired)
+    owned = [r for r in agent_rules if is_owned_rule(r)]
+    diff = diff_refs(agent_rule_refs(agent_rules), rule_refs(desired))
+    want_digests = Counter(rule_digest(r) for r in desired)
+
+    def digests(rules):
+        return Counter(label_value(r, DIGEST_KEY, OWNER_SOURCE) for r in rules)
+
+    def base(value):
+        return (value or "").split("-", 1)[0]
+
+    owned_revisions = sorted({label_value(r, REVISION_KEY, OWNER_SOURCE) or "" for r in owned})
+    plan = {"changed": False, "revision": revision, "put": None, "replace_with_labels": None,
+            "delete": [], "diff": diff}
+    if digests(owned) == want_digests and all(base(v) == revision for v in owned_revisions):
+        if len(owned_revisions) <= 1:
+            return plan
+    plan["changed"] = True
+    if not desired:
+        plan["delete"] = [[OWNER_LABEL]]
+        return plan
+    if method == "replace-with-labels":
+        plan["put"] = labelled_for_agent(desired, revision)
+        plan["replace_with_labels"] = [OWNER_LABEL]
+        return plan
+    # add-then-delete
+    current = [r for r in owned if base(label_value(r, REVISION_KEY, OWNER_SOURCE)) == revision]
+    if current and digests(current) == want_digests and \
+            len({label_value(r, REVISION_KEY, OWNER_SOURCE) for r in current}) == 1:
+        # An earlier run added this revision but did not finish deleting the old one.
+        new_label = label_value(current[0], REVISION_KEY, OWNER_SOURCE)
+    else:
+        new_label = revision if not current else "%s-%s" % (revision, agent_revision or len(owned))
+        plan["put"] = labelled_for_agent(desired, new_label)
+    plan["revision"] = new_label
+    plan["delete"] = [[OWNER_LABEL, revision_label(v)] for v in owned_revisions if v and v != new_label]
+    if any(not label_value(r, REVISION_KEY, OWNER_SOURCE) for r in owned):
+        # Owned but without a revision (written by hand?): only "all of ours" can target them,
+        # which is safe once the new revision is in place only if nothing else carries it.
+        plan["unlabelled_owned"] = True
+    return plan
+
+
+# ============================================================================================
+# Static policy files
+# ============================================================================================
+
+_STATIC_NAME_RE = re.compile(r"netreap-[a-z0-9]([-a-z0-9.]*[a-z0-9])?\.yaml")
+
+
+def _slug(text):
+    text = text.lower()
+    text = re.sub(r"[^a-z0-9.-]+", "-", text)
+    parts = [re.sub(r"-+", "-", p).strip("-") for p in text.split(".")]
+    return ".".join(p for p in parts if p)
+
+
+def static_file_names(rules):
+    """One DNS-1123 file name per rule: ``netreap-<name label>.yaml``, else ``netreap-rule-<index>.yaml``."""
+    names, used = [], set()
+    limit = 253 - len(STATIC_PREFIX) - len(STATIC_SUFFIX) - 4
+    for index, rule in enumerate(rules):
+        stem = _slug(rule_name(rule) or "")[:limit].strip("-.") or "rule-%d" % index  # as in rules[index]
+        candidate, counter = stem, 1
+        while candidate in used:
+            counter += 1
+            candidate = "%s-%d" % (stem, counter)
+        used.add(candidate)
+        names.append(STATIC_PREFIX + candidate + STATIC_SUFFIX)
+    return names
+
+
+def is_static_file_name(name):
+    return _STATIC_NAME_RE.fullmatch(name) is not None and not dns1123_subdomain_errors(name)
+
+
+def is_owned_static_file(name, content):
+    """Ours = our name pattern *and* our marker as the first line (a hand-written
+    ``netreap-x.yaml`` is left alone)."""
+    return is_static_file_name(name) and content is not None and content.startswith(STATIC_MARKER + "\n")
+
+
+def static_header_ref(content):
+    """The rule reference recorded in a file we wrote (second line), or None."""
+    lines = (content or "").split("\n", 2)
+    if len(lines) > 1 and lines[1].startswith("# rule: "):
+        try:
+            return json.loads(lines[1][len("# rule: "):].split("  digest: ")[0])
+        except ValueError:
+            return None
+    return None
+
+
+def render_policy_file(rule, file_name, ref):
+    """One clusterwide policy object (one rule) as YAML: clusterwide, because a namespaced
+    CiliumNetworkPolicy gets a namespace selector that matches nothing outside K8s."""
+    stem = file_name[:-len(STATIC_SUFFIX)]
+    document = {"apiVersion": STATIC_API_VERSION, "kind": STATIC_KIND,
+                "metadata": {"name": stem}, "spec": rule}
+    header = [STATIC_MARKER,
+              "# rule: %s  digest: %s" % (json.dumps(ref), rule_digest(rule)),
+              "# Published with netreap.cilium.cilium_policy; the agent loads it from --static-cnp-path."]
+    return "\n".join(header) + "\n" + to_yaml(document)
+
+
+def plan_static(desired, existing, rest_owned_count=0):
+    """Files to write and remove in the static policy directory.
+
+    ``existing``: ``{file name: content or None}`` of the directory (``*.yaml`` and our temp
+    files).  Returns ``{"changed", "write": {name: content}, "remove": [names], "conflicts",
+    "files", "diff", "cleanup"}``; the caller writes first, then removes, so the agent always
+    has every rule that is in both the old and the new policy.
+    """
+    names = static_file_names(desired)
+    refs = rule_refs(desired)
+    wanted = {}
+    for rule, name, (ref, unused) in zip(desired, names, refs):
+        wanted[name] = render_policy_file(rule, name, ref)
+    ours = {n: c for n, c in existing.items() if is_owned_static_file(n, c)}
+    conflicts = sorted(n for n in wanted if n in existing and n not in ours)
+    write = {n: c for n, c in wanted.items() if ours.get(n) != c}
+    remove = sorted(n for n in ours if n not in wanted)
+    cleanup = sorted(n for n in existing if n.startswith("." + STATIC_PREFIX) and n.endswith(".tmp"))
+
+    def content_digest(text):
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    old_refs = [(static_header_ref(ours[n]) or n, content_digest(ours[n])) for n in sorted(ours)]
+    new_refs = [(ref, content_digest(wanted[n])) for n, (ref, unused) in zip(names, refs)]
+    diff = diff_refs(old_refs, new_refs)
+    return {"changed": bool(write or remove or cleanup or rest_owned_count), "write": write,
+            "remove": remove, "conflicts": conflicts, "files": names, "cleanup": cleanup,
+            "diff": diff, "before": {n: ours[n] for n in sorted(set(write) | set(remove)) if n in ours},
+            "after": write}
+
+
+# ============================================================================================
+# YAML without PyYAML
+# ============================================================================================
+
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+# YAML 1.1 reads these plain words as booleans/null: never leave them unquoted.
+_YAML_WORDS = {"y", "yes", "n", "no", "true", "false", "on", "off", "null"}
+
+
+def yaml_scalar(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    out = []
+    for char in str(value):
+        code = ord(char)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code <= 0xFF:
+            out.append("\\x%02x" % code)
+        elif code <= 0xFFFF:
+            out.append("\\u%04x" % code)
+        else:
+            out.append("\\U%08x" % code)
+    return '"' + "".join(out) + '"'
+
+
+def _yaml_key(key):
+    key = str(key)
+    if _PLAIN_KEY_RE.fullmatch(key) and key.lower() not in _YAML_WORDS:
+        return key
+    return yaml_scalar(key)
+
+
+def _is_leaf(value):
+    return not isinstance(value, (dict, list)) or not value
+
+
+def _leaf(value):
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    return yaml_scalar(value)
+
+
+def _yaml_lines(value, indent):
+    pad = " " * indent
+    lines = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _is_leaf(item):
+                lines.append("%s%s: %s" % (pad, _yaml_key(key), _leaf(item)))
+            else:
+                lines.append("%s%s:" % (pad, _yaml_key(key)))
+                lines.extend(_yaml_lines(item, indent + 2))
+    else:
+        for item in value:
+            if _is_leaf(item):
+                lines.append("%s- %s" % (pad, _leaf(item)))
+            else:
+                nested = _yaml_lines(item, indent + 2)
+                lines.append("%s- %s" % (pad, nested[0][indent + 2:]))
+                lines.extend(nested[1:])
+    return lines
+
+
+def to_yaml(document):
+    """Block-style YAML for JSON-like data: strings always double-quoted and ASCII-escaped, so
+    nothing is read back as another type by YAML 1.1 (go-yaml) or 1.2 parsers."""
+    if _is_leaf(document):
+        return _leaf(document) + "\n"
+    return "\n".join(_yaml_lines(document, 0)) + "\n"

@@ -1,0 +1,757 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: netreap.cilium contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: cilium_policy
+short_description: Validate Cilium policy rules, publish them to Consul and apply them to the local agent
+version_added: 0.1.0
+description:
+  - Cilium does not distribute policy between agents; outside Kubernetes every agent must be given the same
+    rules. This module validates the rules, publishes them once to a Consul key (Netreap's C(netreap.io/policy)
+    by default, same JSON array format) and applies them on each node to the local agent.
+  - B(Validation) always runs before anything is written. It performs the checks the agent performs (selectors,
+    one peer kind per ingress/egress item, entities, CIDRs, ports and protocols, the 40-port limit, L7, DNS and
+    FQDN rules) with the agent's messages, for the agent's version and flags, and names the rule and the field.
+    It also refuses what the agent would silently ignore, such as misspelt fields, C(null) selectors (which
+    select every endpoint) and fields that the target version does not know yet (for example C(fromNodes)
+    before 1.16).
+  - B(Publishing) writes the normalised rules to O(consul_key) with check-and-set on the index that was read.
+    When another publisher wrote first, the module fails and writes nothing. Rules that are unchanged after
+    normalisation cause no write. The value must fit into Consul's 512 KiB limit.
+  - B(Applying) puts the rules into the local agent without a moment in which the agent lacks them, and never
+    touches rules this collection does not own. The method depends on the agent version (see O(method)). If the
+    agent rejects the new rules, its previous policy stays in force and the error says so.
+  - "Rules applied over REST carry three labels: C(netreap:io.netreap.managed-by=netreap.cilium) (ownership),
+    C(netreap:io.netreap.policy-revision=<hash>) and C(netreap:io.netreap.rule-digest=<hash>). Static policy
+    files are named C(netreap-<rule name>.yaml) and start with a C(# Managed by netreap.cilium) line."
+author:
+  - netreap.cilium maintainers (@netreap)
+extends_documentation_fragment:
+  - netreap.cilium._consul
+  - netreap.cilium._cilium
+options:
+  rules:
+    description:
+      - The policy, as a list of Cilium rules (the JSON array C(cilium policy import) takes), or the same as JSON
+        text. A single rule object is accepted as a list of one.
+      - Numbers given for C(port) or for label values are turned into strings (an unquoted C(443) in YAML is a
+        number, while the agent expects a string).
+      - Mutually exclusive with O(src) and O(from_consul).
+    type: raw
+  src:
+    description:
+      - A JSON file on the managed node that holds the rules (for example a copy of Netreap's key).
+      - For a YAML file on the controller, use O(rules) with C(lookup('file', ...) | from_yaml).
+    type: path
+  from_consul:
+    description:
+      - Read the rules from O(consul_key). This is how nodes apply what was published.
+      - Fails when the key does not exist or is empty. To remove this collection's rules, publish an empty list C([]).
+    type: bool
+    default: false
+  consul_key:
+    description:
+      - The Consul KV key that holds the published policy (a JSON array of rules, Netreap's format).
+    type: str
+    default: netreap.io/policy
+  publish:
+    description:
+      - Write the rules to O(consul_key) (check-and-set on the index read). Cannot be combined with O(from_consul).
+    type: bool
+    default: false
+  apply:
+    description:
+      - Apply the rules to the Cilium agent at O(cilium_socket) on the managed node.
+      - With O(publish=false) and O(apply=false) the module only validates.
+    type: bool
+    default: true
+  method:
+    description:
+      - How to apply the rules to the agent.
+      - V(auto) uses the first of the agent's methods as reported by M(netreap.cilium.cilium_agent_info), so
+        V(add-then-delete) up to 1.14, V(replace-with-labels) from 1.15 to 1.18 and V(static-dir) on 1.19.
+      - V(replace-with-labels) (Cilium 1.15 to 1.18) sends one C(PUT /v1/policy?replace-with-labels=<owner label>),
+        which atomically swaps every rule carrying our owner label for the new rules.
+      - V(add-then-delete) (any version up to 1.18) adds the new rules with a new revision label, then deletes the
+        older revisions by label. Both are in force for a moment; the agent never lacks our rules.
+      - V(static-dir) (1.16 and later; the only way on 1.19) writes one C(CiliumClusterwideNetworkPolicy) per rule
+        into O(static_policy_dir) (temp file, then rename), then removes files we no longer need, and waits until
+        the agent has loaded them. Unlike REST rules, which the agent keeps in memory only, these survive an agent
+        restart. When switching methods, the rules left by the other method are removed once the new ones are in place.
+    type: str
+    choices: [auto, replace-with-labels, add-then-delete, static-dir]
+    default: auto
+  static_policy_dir:
+    description:
+      - The agent's C(--static-cnp-path) directory. Required for O(method=static-dir), and therefore on Cilium 1.19.
+      - With O(state=absent), or when a REST method is used, files of this collection in the directory are removed.
+      - The directory must exist. Only files named C(netreap-*.yaml) that start with our marker line are changed or removed.
+    type: path
+  static_load_timeout:
+    description:
+      - Seconds to wait for the agent to load written policy files (it watches the directory). V(0) does not wait or check.
+    type: float
+    default: 10
+  cilium_versions:
+    description:
+      - Cilium versions (C(1.16) or C(1.16.5)) the rules must be valid for.
+      - When not set, rules are validated for the local agent's version when O(apply=true). When the module only
+        publishes or validates, they are validated for every version this collection supports (1.13 to 1.19), which
+        suits clusters in the middle of an upgrade. Set this option to allow features of newer versions only.
+      - Checks that depend on agent flags (C(--enable-l7-proxy), C(--enable-node-selector-labels)) run only against
+        the local agent's reported configuration.
+    type: list
+    elements: str
+  state:
+    description:
+      - V(present) makes the agent (and, with O(publish=true), the key) hold exactly the given rules among those this
+        collection owns.
+      - V(absent) removes this collection's rules from the local agent and our files from O(static_policy_dir). Rules
+        of others and the Consul key stay. It cannot be combined with O(publish=true).
+    type: str
+    choices: [present, absent]
+    default: present
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Reads Consul and the agent, validates, and reports what would be published and applied. Writes nothing.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+    details: The Consul value before and after, our rules in the agent (name and digest), or the policy files before and after.
+  action_group:
+    description: Use C(group/netreap.cilium.consul), C(group/netreap.cilium.cilium) or C(group/netreap.cilium.all) in C(module_defaults) to set options.
+    support: full
+    membership:
+      - netreap.cilium.consul
+      - netreap.cilium.cilium
+      - netreap.cilium.all
+seealso:
+  - module: netreap.cilium.cilium_agent_info
+  - name: Cilium policy language
+    description: The rule format these rules follow.
+    link: https://docs.cilium.io/en/stable/security/policy/language/
+notes:
+  - The agent keeps REST policies in memory only. After an agent restart, a node has no policy until this module runs
+    again, so run it from the scheduled C(reap.yml), or use O(method=static-dir) on Cilium 1.16 and later.
+  - Rules that Netreap put into the agent are not labelled as ours and are left alone. See C(docs/policy.md) for the
+    migration.
+  - An agent may still reject a rule for reasons this module cannot see, for example a flag that
+    C(GET /v1/config) does not report. With REST methods, the agent then keeps its previous policy. With O(method=static-dir),
+    it keeps the previous version of that file. The module reports a file that the agent did not load in time.
+"""
+
+EXAMPLES = r"""
+- name: Publish the cluster's policy once (from the controller)
+  netreap.cilium.cilium_policy:
+    rules: "{{ lookup('ansible.builtin.file', 'files/policy.yml') | from_yaml }}"
+    publish: true
+    apply: false
+    consul_address: https://consul.service.consul:8501
+  run_once: true
+  delegate_to: localhost
+
+- name: Apply the published policy on every Nomad client (for example in reap.yml)
+  netreap.cilium.cilium_policy:
+    from_consul: true
+    static_policy_dir: "{{ cilium_static_policy_dir | default(omit) }}"
+  register: policy
+
+- name: Validate only, for the versions the cluster runs (CI)
+  netreap.cilium.cilium_policy:
+    src: policy.json
+    apply: false
+    cilium_versions: ["1.16", "1.19"]
+
+- name: A rule written in the playbook (Cilium's L3/L4 documentation example)
+  netreap.cilium.cilium_policy:
+    rules:
+      - labels: [{key: name, value: api-from-web, source: unspec}]
+        endpointSelector: {matchLabels: {"netreap:nomad.job_id": api}}
+        ingress:
+          - fromEndpoints: [{matchLabels: {"netreap:nomad.job_id": web}}]
+            toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+    publish: true
+
+- name: Remove this collection's rules from the local agent (others' rules stay)
+  netreap.cilium.cilium_policy:
+    state: absent
+    static_policy_dir: /etc/cilium/policies
+"""
+
+RETURN = r"""
+rule_count:
+  description: Number of rules in the policy (0 with O(state=absent)).
+  returned: success
+  type: int
+  sample: 2
+policy_hash:
+  description: Hash of the normalised rules; the value of the revision label for REST methods.
+  returned: success
+  type: str
+  sample: 3f1c0a9be27d4410
+validated_for:
+  description: The Cilium versions the rules were validated for.
+  returned: success
+  type: list
+  elements: str
+  sample: ["1.16"]
+published:
+  description: Whether the Consul key was written (or would be, in check mode).
+  returned: success
+  type: bool
+  sample: true
+consul_key:
+  description: The Consul key that was read or written.
+  returned: when O(publish=true) or O(from_consul=true)
+  type: str
+  sample: netreap.io/policy
+consul_index:
+  description: ModifyIndex of the key as read (0 when the key did not exist).
+  returned: when O(publish=true) or O(from_consul=true)
+  type: int
+  sample: 1234
+publish_changes:
+  description: Rules added, removed and changed in the Consul key, by name label (or C(#<position>) for unnamed rules).
+  returned: when O(publish=true)
+  type: dict
+  sample: {"added": ["cache-from-web"], "removed": [], "changed": ["web-ingress"]}
+applied:
+  description: Whether the agent's policy was changed (or would be, in check mode).
+  returned: success
+  type: bool
+  sample: true
+method:
+  description: The method used to apply (V(replace-with-labels), V(add-then-delete) or V(static-dir)).
+  returned: when O(apply=true) and O(state=present)
+  type: str
+  sample: replace-with-labels
+apply_changes:
+  description: Our rules added, removed and changed in the agent, by name label (or C(#<position>)).
+  returned: when O(apply=true)
+  type: dict
+  sample: {"added": [], "removed": [], "changed": ["web-ingress"]}
+policy_revision:
+  description: The agent's policy repository revision after the change (as read, when nothing changed or in check mode).
+  returned: when O(apply=true)
+  type: int
+  sample: 8
+previous_policy_revision:
+  description: The agent's policy repository revision before the change.
+  returned: when O(apply=true)
+  type: int
+  sample: 7
+agent_version:
+  description: The local agent's version.
+  returned: when O(apply=true)
+  type: str
+  sample: 1.16.5
+files_written:
+  description: Policy files written to O(static_policy_dir) (or that would be, in check mode).
+  returned: when O(static_policy_dir) is used
+  type: list
+  elements: str
+  sample: ["netreap-web-ingress.yaml"]
+files_removed:
+  description: Policy files removed from O(static_policy_dir) (or that would be, in check mode).
+  returned: when O(static_policy_dir) is used
+  type: list
+  elements: str
+  sample: []
+"""
+
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_text
+
+from ansible_collections.netreap.cilium.plugins.module_utils._cilium import (
+    CILIUM_ARGUMENT_SPEC,
+    CiliumClient,
+    agent_capabilities,
+)
+from ansible_collections.netreap.cilium.plugins.module_utils._consul import (
+    CONSUL_ARGUMENT_SPEC,
+    ConsulClient,
+)
+from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy as pol
+
+
+class PolicyFailure(Exception):
+    """Fail the module with this message (and these extra result fields)."""
+
+    def __init__(self, msg, **extra):
+        super().__init__(msg)
+        self.msg = msg
+        self.extra = extra
+
+
+# -- input ---------------------------------------------------------------------------------------
+
+def read_source_file(path):
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except (IOError, OSError) as exc:
+        raise PolicyFailure("cannot read policy file %s: %s" % (path, to_text(exc)))
+    try:
+        return pol.normalize_rules(data)
+    except pol.PolicyInputError as exc:
+        raise pol.PolicyInputError("policy file %s: %s" % (path, exc))
+
+
+def desired_rules(params, consul_entry):
+    if params["state"] == "absent":
+        return []
+    try:
+        if params["from_consul"]:
+            if consul_entry is None:
+                raise PolicyFailure("Consul key %s does not exist: nothing to apply (publish a policy first; "
+                                    "publish an empty list [] to remove our rules)" % params["consul_key"])
+            value = consul_entry.get("Value") or b""
+            if not value.strip():
+                raise PolicyFailure("Consul key %s is empty: nothing to apply (publish an empty list [] to "
+                                    "remove our rules)" % params["consul_key"])
+            return pol.normalize_rules(value)
+        if params["src"] is not None:
+            return read_source_file(params["src"])
+        return pol.normalize_rules(params["rules"])
+    except pol.PolicyInputError as exc:
+        where = "Consul key %s: " % params["consul_key"] if params["from_consul"] else ""
+        raise PolicyFailure("%sinvalid policy: %s; nothing was published or applied" % (where, exc))
+
+
+def validation_targets(params, agent):
+    """The local agent's version with its flags (when applying), plus ``cilium_versions``; every
+    supported version when there is neither (publishing or validating for a whole cluster)."""
+    try:
+        minors = sorted({pol.parse_version(v) for v in params["cilium_versions"] or []})
+    except ValueError as exc:
+        raise PolicyFailure("cilium_versions: %s" % exc)
+    targets = []
+    if agent is not None and agent["minor"] is not None:
+        flags = agent["flags"]
+        targets.append(pol.ValidationTarget(agent["minor"], flags.get("EnableL7Proxy"),
+                                            flags.get("EnableNodeSelectorLabels"), flags.get("EnableICMPRules")))
+    elif not minors:
+        minors = list(pol.SUPPORTED_MINORS)
+    return targets + [pol.ValidationTarget(m) for m in minors if m not in {t.minor for t in targets}]
+
+
+# -- the agent ------------------------------------------------------------------------------------
+
+def read_agent(client, static_dir):
+    healthz = client.healthz()
+    config = client.config()
+    caps = agent_capabilities(healthz, config, static_dir)
+    rules, revision = client.policy_get()
+    status = (config or {}).get("status") or {}
+    flags = status.get("daemonConfigurationMap") or {}
+    minor = None
+    if caps["version"]:
+        try:
+            minor = pol.parse_version(caps["version"])
+        except ValueError:
+            minor = None
+    return dict(caps=caps, rules=rules, revision=revision, minor=minor,
+                flags={k: v for k, v in flags.items() if isinstance(v, bool)})
+
+
+def choose_method(requested, agent, static_dir):
+    caps = agent["caps"]
+    version = caps["version"] or "of unknown version"
+    if requested == "auto":
+        if caps["policy_methods"]:
+            return caps["policy_methods"][0]
+        if caps["version"] is None:
+            raise PolicyFailure("the Cilium agent reports no version, so the apply method cannot be chosen: "
+                                "set method")
+        if caps["static_policy_supported"]:
+            raise PolicyFailure("Cilium %s has no REST policy write API (removed in 1.19): set static_policy_dir "
+                                "to the agent's --static-cnp-path" % version)
+        raise PolicyFailure("Cilium %s offers no way to apply policy" % version)
+    known = caps["version"] is not None
+    if requested == "replace-with-labels" and known and not caps["replace_with_labels"]:
+        raise PolicyFailure("method replace-with-labels needs Cilium 1.15 to 1.18; the agent is %s (use %s)" % (
+            version, "add-then-delete" if caps["rest_policy_write"] else "static-dir"))
+    if requested == "add-then-delete" and known and not caps["rest_policy_write"]:
+        raise PolicyFailure("method add-then-delete needs the REST policy API (Cilium up to 1.18); the agent is "
+                            "%s (use static-dir)" % version)
+    if requested == "static-dir":
+        if known and not caps["static_policy_supported"]:
+            raise PolicyFailure("method static-dir needs Cilium 1.16 or later (--static-cnp-path); the agent is %s"
+                                % version)
+        if not static_dir:
+            raise PolicyFailure("method static-dir needs static_policy_dir (the agent's --static-cnp-path)")
+    return requested
+
+
+def rest_writable(agent):
+    return agent["caps"]["rest_policy_write"] or agent["caps"]["version"] is None
+
+
+def put_failure(client, agent, exc):
+    return PolicyFailure("%s; the agent kept its previous policy (revision %s)" % (
+        failure_message("apply policy to Cilium agent at %s" % client.socket_path, exc), agent["revision"]),
+        status=exc.status, policy_revision=agent["revision"])
+
+
+def delete_by_labels(client, labels):
+    """DELETE /policy with labels; ``None`` when nothing matched (<= 1.16 answers 500 "policy not found")."""
+    try:
+        return client.policy_delete(labels)
+    except ServiceError as exc:
+        if exc.status == 500 and "policy not found" in exc.body:
+            return None
+        raise
+
+
+def execute_rest(client, agent, plan):
+    """Run a REST plan; returns the agent's revision afterwards."""
+    revision = agent["revision"]
+    if plan["put"] is not None:
+        try:
+            revision = client.policy_put(plan["put"], replace_with_labels=plan["replace_with_labels"])
+        except ServiceError as exc:
+            raise put_failure(client, agent, exc)
+    for labels in plan["delete"]:
+        try:
+            revision = delete_by_labels(client, labels) or revision
+        except ServiceError as exc:
+            done = "the new rules are in force (revision %s) but " % revision if plan["put"] is not None else ""
+            raise PolicyFailure("%s%s; the next run retries" % (done, failure_message(
+                "delete old policy rules %s from Cilium agent at %s" % (",".join(labels), client.socket_path), exc)),
+                status=exc.status, policy_revision=revision)
+    return revision
+
+
+# -- static policy files ---------------------------------------------------------------------------
+
+def read_static_dir(path, required):
+    """``{name: content}`` of the ``*.yaml`` files (content only for names we could own) and our
+    temp files; ``{}`` for a missing directory unless ``required``."""
+    if not os.path.isdir(path):
+        if not required:
+            return {}
+        raise PolicyFailure("static_policy_dir %s does not exist or is not a directory (create it and start the "
+                            "agent with --static-cnp-path=%s)" % (path, path))
+    out = {}
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as exc:
+        raise PolicyFailure("cannot list static_policy_dir %s: %s" % (path, to_text(exc)))
+    for name in names:
+        if name.startswith("." + pol.STATIC_PREFIX) and name.endswith(".tmp"):
+            out[name] = None
+        elif name.endswith(pol.STATIC_SUFFIX):
+            content = None
+            if pol.is_static_file_name(name):
+                try:
+                    with open(os.path.join(path, name), "rb") as handle:
+                        content = to_text(handle.read(), errors="surrogate_or_replace")
+                except (IOError, OSError) as exc:
+                    raise PolicyFailure("cannot read %s: %s" % (os.path.join(path, name), to_text(exc)))
+            out[name] = content
+    return out
+
+
+def write_atomically(directory, name, content):
+    """Temp file (a dot file the agent ignores), fsync, rename: the agent sees old or new, never half."""
+    final = os.path.join(directory, name)
+    temp = os.path.join(directory, ".%s.%d.tmp" % (name, os.getpid()))  # a dot file: the agent skips it
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)
+        os.rename(temp, final)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def files_in_agent(rules):
+    names = set()
+    for rule in rules:
+        value = pol.label_value(rule, pol.DIRECTORY_FILE_KEY, pol.DIRECTORY_SOURCE)
+        if value:
+            names.add(value)
+    return names
+
+
+def wait_for_files(client, present, absent, timeout, sleep=time.sleep, clock=time.monotonic):
+    """Poll GET /policy until the agent has rules from every ``present`` file and none from ``absent``."""
+    deadline = clock() + timeout
+    delay = 0.1
+    while True:
+        rules, revision = client.policy_get()
+        loaded = files_in_agent(rules)
+        missing = sorted(set(present) - loaded)
+        stale = sorted(set(absent) & loaded)
+        if (not missing and not stale) or clock() >= deadline:
+            return revision, missing, stale
+        sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def execute_static(module, client, agent, plan, static_dir):
+    written, removed = [], []
+    try:
+        for name in plan["cleanup"]:
+            os.unlink(os.path.join(static_dir, name))
+        for name in plan["files"]:
+            if name in plan["write"]:
+                write_atomically(static_dir, name, plan["write"][name])
+                written.append(name)
+        for name in plan["remove"]:
+            os.unlink(os.path.join(static_dir, name))
+            removed.append(name)
+    except (IOError, OSError) as exc:
+        raise PolicyFailure("writing policy files in %s failed: %s (written: %s; removed: %s)" % (
+            static_dir, to_text(exc), ", ".join(written) or "none", ", ".join(removed) or "none"),
+            files_written=written, files_removed=removed)
+    revision = agent["revision"]
+    timeout = module.params["static_load_timeout"]
+    if timeout and timeout > 0:
+        try:
+            revision, missing, stale = wait_for_files(client, plan["files"], removed, timeout)
+        except ServiceError as exc:
+            raise PolicyFailure(failure_message("read Cilium agent at %s" % client.socket_path, exc),
+                                files_written=written, files_removed=removed)
+        if missing or stale:
+            raise PolicyFailure(
+                "the Cilium agent at %s did not pick up the policy files in %s within %ss (not loaded: %s; still "
+                "loaded: %s): check that it runs with --static-cnp-path=%s and look for rejected files in its log; "
+                "it keeps the previous version of a file it rejects" % (
+                    client.socket_path, static_dir, timeout, ", ".join(missing) or "none",
+                    ", ".join(stale) or "none", static_dir),
+                files_written=written, files_removed=removed, policy_revision=revision)
+    return revision, written, removed
+
+
+# -- diff ------------------------------------------------------------------------------------------
+
+def refs_text(refs):
+    return "".join("%s %s\n" % (ref, digest) for ref, digest in refs)
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+def run(module):
+    params = module.params
+    check = module.check_mode
+    sources = [k for k in ("rules", "src") if params[k] is not None] + (["from_consul"] if params["from_consul"] else [])
+    if len(sources) > 1:
+        raise PolicyFailure("parameters are mutually exclusive: %s" % ", ".join(sources))
+    if params["state"] == "present" and not sources:
+        raise PolicyFailure("state=present needs one of rules, src or from_consul")
+    if params["state"] == "absent" and (sources or params["publish"] or not params["apply"]):
+        raise PolicyFailure("state=absent removes this collection's rules from the local agent: it needs "
+                            "apply=true and takes no rules, src, from_consul or publish")
+    if params["publish"] and params["from_consul"]:
+        raise PolicyFailure("publish and from_consul together would write back what was read; choose one")
+
+    result = dict(changed=False, published=False, applied=False)
+    diffs = []
+    key = params["consul_key"]
+
+    # 1. read everything, write nothing
+    entry, index, consul = None, 0, None
+    if params["publish"] or params["from_consul"]:
+        try:
+            consul = ConsulClient.from_params(params)
+            entry, index = consul.kv_get(key)
+        except ValueError as exc:
+            raise PolicyFailure("Consul connection options: %s" % to_text(exc))
+        except ServiceError as exc:
+            raise PolicyFailure(failure_message("read Consul key %s" % key, exc), status=exc.status)
+        result.update(consul_key=key, consul_index=entry["ModifyIndex"] if entry else 0)
+    desired = desired_rules(params, entry)
+    result.update(rule_count=len(desired), policy_hash=pol.policy_revision(desired))
+
+    agent, client, static_dir = None, None, params["static_policy_dir"]
+    if params["apply"]:
+        client = CiliumClient.from_params(params)
+        try:
+            agent = read_agent(client, static_dir)
+        except ServiceError as exc:
+            raise PolicyFailure(failure_message("read Cilium agent at %s" % client.socket_path, exc),
+                                status=exc.status)
+        result.update(agent_version=agent["caps"]["version"], policy_revision=agent["revision"],
+                      previous_policy_revision=agent["revision"])
+
+    # 2. validate, and plan every write
+    targets = validation_targets(params, agent)
+    result["validated_for"] = [pol.format_version(t.minor) for t in sorted(targets, key=lambda t: t.minor)]
+    try:
+        pol.validate_rules(desired, targets)
+    except pol.PolicyValidationError as exc:
+        raise PolicyFailure("%s; nothing was published or applied" % exc, validated_for=result["validated_for"])
+
+    publish_plan = None
+    if params["publish"]:
+        value = pol.consul_value(desired)
+        size = len(value.encode("utf-8"))
+        if size > pol.CONSUL_MAX_VALUE_SIZE:
+            raise PolicyFailure("the policy is %d bytes as JSON, more than Consul's limit of %d bytes (512 KiB) for "
+                                "one value; nothing was published or applied" % (size, pol.CONSUL_MAX_VALUE_SIZE))
+        old_rules, old_text = None, None
+        if entry is not None:
+            old_text = to_text(entry.get("Value") or b"", errors="surrogate_or_replace")
+            try:
+                old_rules = pol.normalize_rules(entry.get("Value") or b"")
+            except pol.PolicyInputError as exc:
+                module.warn("the current value of Consul key %s is not a valid policy (%s); publishing replaces "
+                            "it" % (key, exc))
+        changes = pol.diff_refs(pol.rule_refs(old_rules or []), pol.rule_refs(desired))
+        publish_plan = dict(value=value, changed=old_rules != desired, cas=entry["ModifyIndex"] if entry else 0)
+        result.update(publish_changes=changes, published=publish_plan["changed"])
+        if publish_plan["changed"]:
+            diffs.append(dict(before_header="consul:%s" % key, after_header="consul:%s" % key,
+                              before=old_text or "", after=value))
+
+    apply_plan = None
+    if agent is not None:
+        apply_plan = plan_apply(module, client, agent, desired, static_dir, result, diffs)
+
+    # 3. write: Consul first (a lost race stops everything), then the agent
+    if publish_plan and publish_plan["changed"] and not check:
+        try:
+            won = consul.kv_put(key, publish_plan["value"], cas=publish_plan["cas"])
+        except ServiceError as exc:
+            raise PolicyFailure("%s; nothing was applied" % failure_message("publish policy to Consul key %s" % key,
+                                                                            exc), status=exc.status)
+        if not won:
+            raise PolicyFailure(
+                "Consul key %s was changed by someone else after it was read at index %s (check-and-set failed): "
+                "nothing was published or applied; run again to publish on top of the new value"
+                % (key, publish_plan["cas"] or "0, when it did not exist"), published=False)
+    result["changed"] = bool(result["published"])
+
+    if apply_plan is not None:
+        run_apply(module, client, agent, apply_plan, static_dir, result)
+        result["changed"] = result["changed"] or result["applied"]
+    if module._diff and diffs:
+        result["diff"] = diffs
+    return result
+
+
+def plan_apply(module, client, agent, desired, static_dir, result, diffs):
+    """Decide how the agent's rules and the static directory change; no writes."""
+    absent = module.params["state"] == "absent"
+    method = None if absent else choose_method(module.params["method"], agent, static_dir)
+    owned = [r for r in agent["rules"] if pol.is_owned_rule(r)]
+    existing = read_static_dir(static_dir, required=method == "static-dir") if static_dir else None
+    plan = dict(method=method, rest=None, static=None, rest_cleanup=False)
+    if method in ("replace-with-labels", "add-then-delete"):
+        plan["rest"] = pol.plan_rest(desired, agent["rules"], method, agent["revision"])
+        changes = plan["rest"]["diff"]
+        if existing:  # files of an earlier static-dir run go once the REST rules are in force
+            plan["static"] = pol.plan_static([], existing)
+    elif method == "static-dir":
+        # REST rules of an earlier run go once the files are loaded
+        plan["rest_cleanup"] = bool(owned) and rest_writable(agent)
+        plan["static"] = pol.plan_static(desired, existing, len(owned) if plan["rest_cleanup"] else 0)
+        if plan["static"]["conflicts"]:
+            raise PolicyFailure("%s already holds %s, which this collection did not write: rename or remove it; "
+                                "nothing was published or applied" % (static_dir, ", ".join(plan["static"]["conflicts"])))
+        changes = plan["static"]["diff"]
+    else:  # state=absent: every rule and file of ours, by whatever method it got there
+        if owned and rest_writable(agent):
+            plan["rest"] = pol.plan_rest([], agent["rules"], "replace-with-labels")
+        old = pol.agent_rule_refs(agent["rules"])
+        if existing:
+            plan["static"] = pol.plan_static([], existing)
+            old += [(pol.static_header_ref(existing[n]) or n, n) for n in plan["static"]["remove"]]
+        changes = pol.diff_refs(old, [])
+    result.update(method=method, apply_changes=changes)
+    if plan["static"] is not None:
+        result.update(files_written=sorted(plan["static"]["write"]), files_removed=plan["static"]["remove"])
+    result["applied"] = bool((plan["rest"] and plan["rest"]["changed"]) or (plan["static"] and plan["static"]["changed"]))
+    if plan["rest"] is not None and plan["rest"]["changed"]:
+        header = "cilium:%s (rules owned by netreap.cilium: name digest)" % client.socket_path
+        diffs.append(dict(before_header=header, after_header=header,
+                          before=refs_text(pol.agent_rule_refs(agent["rules"])),
+                          after=refs_text(pol.rule_refs(desired))))
+    if plan["static"] is not None:
+        for name in sorted(set(plan["static"]["write"]) | set(plan["static"]["remove"])):
+            path = os.path.join(static_dir, name)
+            diffs.append(dict(before_header=path, after_header=path, before=plan["static"]["before"].get(name, ""),
+                              after=plan["static"]["write"].get(name, "")))
+    return plan
+
+
+def run_apply(module, client, agent, plan, static_dir, result):
+    if not result["applied"] or module.check_mode:
+        if plan["method"] == "static-dir" and not module.check_mode:
+            warn_unloaded(module, agent, plan)
+        return
+    revision = agent["revision"]
+    if plan["static"] is not None and plan["method"] == "static-dir":
+        revision, written, removed = execute_static(module, client, agent, plan["static"], static_dir)
+        result.update(files_written=written, files_removed=removed)
+        if plan["rest_cleanup"]:
+            agent = dict(agent, revision=revision)
+            revision = execute_rest(client, agent, dict(put=None, delete=[[pol.OWNER_LABEL]]))
+    else:
+        if plan["rest"] is not None and plan["rest"]["changed"]:
+            revision = execute_rest(client, agent, plan["rest"])
+        if plan["static"] is not None and plan["static"]["changed"]:
+            revision, written, removed = execute_static(module, client, dict(agent, revision=revision),
+                                                        plan["static"], static_dir)
+            result.update(files_written=written, files_removed=removed)
+    result["policy_revision"] = revision
+
+
+def warn_unloaded(module, agent, plan):
+    """An unchanged static directory: say so if the agent runs none of our files' rules."""
+    if module.params["static_load_timeout"] == 0:
+        return
+    missing = sorted(set(plan["static"]["files"]) - files_in_agent(agent["rules"]))
+    if missing:
+        module.warn("the Cilium agent has no rules from %s: check its --static-cnp-path and its log (it keeps the "
+                    "previous version of a file it rejects)" % ", ".join(missing))
+
+
+def main():
+    argument_spec = dict(
+        rules=dict(type="raw"),
+        src=dict(type="path"),
+        from_consul=dict(type="bool", default=False),
+        consul_key=dict(type="str", default=pol.DEFAULT_CONSUL_KEY, no_log=False),
+        publish=dict(type="bool", default=False),
+        apply=dict(type="bool", default=True),
+        method=dict(type="str", default="auto",
+                    choices=["auto", "replace-with-labels", "add-then-delete", "static-dir"]),
+        static_policy_dir=dict(type="path"),
+        static_load_timeout=dict(type="float", default=10.0),
+        cilium_versions=dict(type="list", elements="str"),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+    )
+    argument_spec.update(CONSUL_ARGUMENT_SPEC)
+    argument_spec.update(CILIUM_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    try:
+        result = run(module)
+    except PolicyFailure as exc:
+        module.fail_json(msg=exc.msg, **exc.extra)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Per Cilium version profile: start a lab (drift scenario), then one playbook run publishes a
+# changed policy once (netreap.cilium.policy) and applies it on every simulated node.
+set -eux
+ROOT="${ANSIBLE_COLLECTIONS_PATH%%:*}/ansible_collections/netreap/cilium"
+PY="${NETREAP_LAB_PYTHON:-${ANSIBLE_TEST_PYTHON_INTERPRETER:-python3}}"
+LAB=$(mktemp -d /tmp/lab-XXXXXX)
+lab() { (cd "$ROOT" && "$PY" -m tests.lab "$@"); }
+trap 'lab down --state-dir "$LAB" >/dev/null; rm -rf "$LAB"' EXIT
+
+for profile in 1.13 1.15 1.18 1.19; do
+  kvstore=consul
+  case "$profile" in 1.17|1.18|1.19) kvstore=etcd ;; esac
+  lab up --state-dir "$LAB" --nodes 2 --cilium "$profile" --kvstore "$kvstore" --scenario drift
+  ansible-playbook -i "$LAB/inventory.yml" test.yml -e "profile=$profile" -e @files/policy-vars.yml \
+    -e netreap_policy_hosts=reaper "$@"
+  lab down --state-dir "$LAB"
+done
