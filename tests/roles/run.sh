@@ -4,7 +4,7 @@
 # unit calls is a stand-in that serves the lab's Cilium agent simulator on the agent socket, so
 # the unit really starts, the health wait and the restart handler run end to end.
 #
-# Steps: check mode on the fresh container changes nothing -> converge -> second converge changes
+# Steps: ansible-lint (production profile) -> check mode on the fresh container changes nothing -> converge -> second converge changes
 # nothing -> verify -> a changed setting restarts the agent (new flags, healthy again) -> an agent
 # with a failing kvstore makes the role fail with the agent's own message.
 #
@@ -13,7 +13,7 @@
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 export CONTAINERS_CONF="$HERE/containers.conf"
 NAME=netreap-role-node1
 WORK="$ROOT/build/role-tests"
@@ -50,6 +50,18 @@ export ANSIBLE_PIPELINING=1 ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 ANSI
 export ANSIBLE_LOCAL_TEMP="$WORK/tmp"
 rm -rf "$WORK" && mkdir -p "$WORK/tmp"
 
+# --- ansible-lint, production profile (own venv: it pins its own dependencies) -------------------
+LINT_VENV="$ROOT/build/lint-venv"
+if [ ! -x "$LINT_VENV/bin/ansible-lint" ]; then
+  log "install ansible-lint into $LINT_VENV"
+  python3 -m venv "$LINT_VENV" && "$LINT_VENV/bin/pip" install -q 'ansible-core>=2.19,<2.20' ansible-lint >/dev/null
+fi
+log "ansible-lint"
+(cd "$ROOT/build/collections/ansible_collections/netreap/cilium" \
+  && "$LINT_VENV/bin/ansible-lint" --nocolor roles/kernel_modules roles/bpffs roles/cni roles/agent roles/node \
+     playbooks/provision.yml) > "$WORK/ansible-lint.log" 2>&1
+record "ansible-lint --profile production (roles, playbooks/provision.yml)" $?
+
 # --- image (cached) and container ---------------------------------------------------------------
 log "image"
 IMAGE=$(bash "$HERE/build_image.sh") || { record "build image (debootstrap bookworm)" 1; exit 1; }
@@ -75,12 +87,13 @@ done
 tar -C "$WORK/cni" -czf "$WORK/cni-plugins-linux-amd64-v1.6.2.tgz" --owner=0 --group=0 ./bridge ./firewall ./host-local ./loopback ./portmap
 (cd "$WORK" && sha256sum cni-plugins-linux-amd64-v1.6.2.tgz > cni-plugins-linux-amd64-v1.6.2.tgz.sha256)
 cp -a tests/lab "$WORK/lab/tests/lab" && : > "$WORK/lab/tests/__init__.py"
+{ echo '#!/usr/bin/python3'; cat "$HERE/files/fake-runtime.py"; } > "$WORK/netreap-fake-podman"
 find "$WORK/lab" -name __pycache__ -prune -exec rm -rf {} +
 podman exec "$NAME" mkdir -p /srv/cni /opt/netreap-lab /usr/local/sbin
 podman cp "$WORK/cni-plugins-linux-amd64-v1.6.2.tgz" "$NAME:/srv/cni/" \
   && podman cp "$WORK/cni-plugins-linux-amd64-v1.6.2.tgz.sha256" "$NAME:/srv/cni/" \
   && podman cp "$WORK/lab/tests" "$NAME:/opt/netreap-lab/" \
-  && podman cp "$HERE/files/fake-runtime.py" "$NAME:/usr/local/bin/netreap-fake-podman" \
+  && podman cp "$WORK/netreap-fake-podman" "$NAME:/usr/local/bin/netreap-fake-podman" \
   && podman cp "$HERE/files/fake-modprobe.sh" "$NAME:/usr/local/sbin/netreap-fake-modprobe" \
   && podman cp "$HERE/files/fake-nomad.service" "$NAME:/etc/systemd/system/nomad.service" \
   && podman exec "$NAME" sh -c 'chmod 0755 /usr/local/bin/netreap-fake-podman /usr/local/sbin/netreap-fake-modprobe \
@@ -96,7 +109,7 @@ play() {  # play LOGNAME PLAYBOOK [ansible-playbook args...]
 }
 recap_changed() { sed -n 's/.*changed=\([0-9]*\).*/\1/p' "$WORK/$1.log" | tail -n1; }
 files_absent() {
-  podman exec "$NAME" sh -c 'for f in /etc/modules-load.d/cilium.conf /etc/systemd/system/sys-fs-bpf.mount \
+  podman exec "$NAME" sh -c 'for f in /etc/modules-load.d/cilium.conf /etc/systemd/system/cilium-bpffs.service \
       /opt/cni/bin/cilium-cni /opt/cni/bin/bridge /opt/cni/config/cilium.conflist /etc/cilium \
       /etc/systemd/system/cilium-agent.service /var/lib/netreap-cilium; do [ ! -e "$f" ] || { echo "exists: $f"; exit 1; }; done
     ! grep -qE "\"(pull|create|cp|run)\"" /var/lib/netreap-fake-runtime/calls.log 2>/dev/null

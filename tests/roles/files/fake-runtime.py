@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Stand-in for docker/podman inside the role test container (test infrastructure only).
 
 Speaks just the sub-commands the roles use: ``image inspect``, ``pull``, ``create``, ``cp``,

@@ -1,0 +1,263 @@
+"""Fast checks of the node roles without a container (the systemd scenario is tests/roles/run.sh).
+
+* every role's meta/argument_specs.yml mirrors its defaults/main.yml, and ansible-doc renders it;
+* the roles render on this host under a temporary prefix (``*_manage`` switches off), and the
+  units they write pass ``systemd-analyze verify`` in a --root with stub executables;
+* the agent flags follow the Cilium version; tokens stay out of the unit and the output;
+* preflight refuses overlapping pod ranges, Consul as kvstore on 1.17+ and ranges inside Docker's
+  address pools.
+
+Needs the collection copy from scripts/setup.sh (ANSIBLE_COLLECTIONS_PATH=build/collections).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROLES = ["kernel_modules", "bpffs", "cni", "agent", "node"]
+BIN = os.path.dirname(sys.executable)
+COLLECTIONS = os.environ.get("ANSIBLE_COLLECTIONS_PATH", os.path.join(ROOT, "build", "collections"))
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+def ansible_env(**extra):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1",
+               ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_DEPRECATION_WARNINGS="0",
+               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
+    env.update(extra)
+    return env
+
+
+def playbook(tmp_path, plays, inventory, *args):
+    book = tmp_path / "play.yml"
+    book.write_text(yaml.safe_dump(plays, sort_keys=False))
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", str(inv), str(book)] + list(args),
+                          capture_output=True, text=True, env=ansible_env(), cwd=str(tmp_path), check=False)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def local_hosts(*names, **host_vars):
+    hosts = {name: dict({"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+                        **host_vars.get(name, {})) for name in names}
+    return {"all": {"children": {"cilium_nodes": {"hosts": hosts}}}}
+
+
+def render_vars(prefix, **overrides):
+    """The node role with every service switch off and every path under ``prefix``."""
+    root = str(prefix)
+    values = {
+        "node_container_runtime_bin": "/usr/bin/podman",
+        "node_cni_bin_dir": root + "/opt/cni/bin",
+        "node_cni_config_dir": root + "/opt/cni/config",
+        "kernel_modules_load_dir": root + "/etc/modules-load.d",
+        "kernel_modules_load_manage": False,
+        "bpffs_unit_dir": root + "/etc/systemd/system",
+        "bpffs_service_manage": False,
+        "cni_state_dir": root + "/var/lib/netreap-cilium",
+        "cni_plugins_source": "none",
+        "cni_cilium_cni_source": "file",
+        "cni_cilium_cni_file": root + "/controller/cilium-cni",
+        "cni_nomad_restart_manage": False,
+        "agent_unit_dir": root + "/etc/systemd/system",
+        "agent_config_dir": root + "/etc/cilium",
+        "agent_service_manage": False,
+        "agent_image_pull_manage": False,
+        "agent_docker_daemon_json": root + "/etc/docker/daemon.json",
+    }
+    values.update(overrides)
+    return values
+
+
+def node_play(variables, gather=False):
+    return [{"name": "Render the node roles", "hosts": "cilium_nodes", "gather_facts": gather,
+             "vars": variables, "roles": [{"role": "netreap.cilium.node"}]}]
+
+
+def agent_play(variables):
+    return [{"name": "Agent preflight", "hosts": "cilium_nodes", "gather_facts": False, "vars": variables,
+             "roles": [{"role": "netreap.cilium.agent"}],
+             "post_tasks": [{"name": "Show the range", "ansible.builtin.debug": {
+                 "msg": "RANGE {{ inventory_hostname }} {{ agent_ipv4_range_effective }}"}}]}]
+
+
+# --- specs and docs ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("role", ROLES)
+def test_argument_specs_mirror_defaults(role):
+    base = os.path.join(ROOT, "roles", role)
+    with open(os.path.join(base, "defaults", "main.yml")) as handle:
+        defaults = yaml.safe_load(handle)
+    with open(os.path.join(base, "meta", "argument_specs.yml")) as handle:
+        options = yaml.safe_load(handle)["argument_specs"]["main"]["options"]
+    assert sorted(options) == sorted(defaults)
+    for name, value in defaults.items():
+        assert options[name].get("default") == value, name
+        assert name.startswith(role + "_"), name
+        assert options[name].get("description"), name
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_ansible_doc_renders_role(role):
+    proc = subprocess.run([os.path.join(BIN, "ansible-doc"), "-t", "role", "netreap.cilium." + role],
+                          capture_output=True, text=True, env=ansible_env(), check=False)
+    assert proc.returncode == 0, proc.stderr
+    with open(os.path.join(ROOT, "roles", role, "defaults", "main.yml")) as handle:
+        for name in yaml.safe_load(handle):
+            assert name in proc.stdout
+
+
+# --- rendering + systemd-analyze verify ----------------------------------------------------------
+
+def make_verify_root(root):
+    """A --root for systemd-analyze: the system units plus stub executables the units call."""
+    shutil.copytree("/usr/lib/systemd/system", str(root / "usr/lib/systemd/system"), symlinks=True,
+                    dirs_exist_ok=True)
+    for path in ("usr/bin/podman", "usr/bin/docker", "bin/mkdir", "bin/sh", "bin/mount", "bin/mountpoint"):
+        stub = root / path
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+    (root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
+
+
+def systemd_verify(root, unit):
+    proc = subprocess.run([SYSTEMD_ANALYZE, "--root=" + str(root), "verify", "/etc/systemd/system/" + unit],
+                          capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def render(tmp_path, **overrides):
+    root = tmp_path / "root"
+    make_verify_root(root)
+    (root / "controller").mkdir()
+    (root / "controller/cilium-cni").write_text("#!/bin/sh\necho 'Cilium CNI plugin 1.19.0'\n")
+    rc, out = playbook(tmp_path, node_play(render_vars(root, **overrides)), local_hosts("node1"))
+    return root, rc, out
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed")
+@pytest.mark.parametrize("runtime", ["podman", "docker"])
+def test_render_writes_units_that_systemd_verifies(tmp_path, runtime):
+    extra = {"node_container_runtime": runtime, "node_container_runtime_bin": "/usr/bin/" + runtime,
+             "agent_identity_labels": ["netreap:.*", "k8s:app$", "50%"]}
+    if runtime == "docker":
+        (tmp_path / "root/usr/lib/systemd/system").mkdir(parents=True)
+        (tmp_path / "root/usr/lib/systemd/system/docker.service").write_text(
+            "[Service]\nExecStart=/usr/bin/docker\n")
+    root, rc, out = render(tmp_path, **extra)
+    assert rc == 0, out
+    for unit in ("cilium-agent.service", "cilium-bpffs.service"):
+        code, messages = systemd_verify(root, unit)
+        assert code == 0 and messages.strip() == "", messages
+    unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
+    assert '"--labels=k8s:app$$"' in unit and '"--labels=50%%"' in unit
+    assert ("Requires=docker.service" in unit) == (runtime == "docker")
+    conflist = json.loads((root / "opt/cni/config/cilium.conflist").read_text())
+    assert conflist["name"] == "cilium" and [p["type"] for p in conflist["plugins"]] == ["cilium-cni"]
+    assert os.access(str(root / "opt/cni/bin/cilium-cni"), os.X_OK)
+    assert "iptable_nat" in (root / "etc/modules-load.d/cilium.conf").read_text()
+    # A missing stub makes the unit fail verification: the check is real.
+    (root / "bin/mountpoint").unlink()
+    (root / "bin/mount").unlink()
+    (root / "bin/sh").unlink()
+    assert systemd_verify(root, "cilium-bpffs.service")[0] != 0
+
+
+@pytest.mark.parametrize("version, expected, absent", [
+    ("1.13.18", ["--tunnel=geneve"], ["--routing-mode=tunnel"]),
+    ("1.14.19", ["--routing-mode=tunnel", "--tunnel-protocol=geneve"], ["--tunnel=geneve"]),
+    ("1.19.0", ["--routing-mode=tunnel", "--tunnel-protocol=geneve"], ["--tunnel=geneve"]),
+])
+def test_agent_flags_follow_the_version(tmp_path, version, expected, absent):
+    root, rc, out = render(tmp_path, node_cilium_version=version, agent_tunnel_protocol="geneve")
+    assert rc == 0, out
+    unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
+    for flag in expected:
+        assert '"%s"' % flag in unit
+    for flag in absent:
+        assert '"%s"' % flag not in unit
+    assert '"quay.io/cilium/cilium:v%s"' % version in unit
+
+
+def test_consul_token_stays_in_the_env_file(tmp_path):
+    root, rc, out = render(tmp_path, node_cilium_version="1.16.5", agent_kvstore="consul",
+                           agent_consul_token="tok-3f9c-secret", agent_consul_address="10.0.0.5:8500")
+    assert rc == 0, out
+    unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
+    env_file = root / "etc/cilium/cilium-agent.env"
+    assert '"--kvstore=consul"' in unit and '"--kvstore-opt=consul.address=10.0.0.5:8500"' in unit
+    assert "tok-3f9c-secret" not in unit and "tok-3f9c-secret" not in out
+    assert "CONSUL_HTTP_TOKEN=tok-3f9c-secret" in env_file.read_text()
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_check_mode_writes_nothing(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "controller").mkdir()
+    (root / "controller/cilium-cni").write_text("#!/bin/sh\n")
+    rc, out = playbook(tmp_path, node_play(render_vars(root)), local_hosts("node1"), "--check")
+    assert rc == 0, out
+    assert sorted(p.name for p in root.iterdir()) == ["controller"]
+
+
+# --- preflight failures --------------------------------------------------------------------------
+
+def test_preflight_refuses_overlapping_ranges(tmp_path):
+    inventory = local_hosts("node1", "node2", "node3", node1={"agent_ipv4_range": "10.200.0.0/24"},
+                            node2={"agent_ipv4_range": "10.200.0.0/23"},
+                            node3={"agent_ipv4_range": "10.200.8.0/24"})
+    rc, out = playbook(tmp_path, agent_play(render_vars(tmp_path)), inventory, "--check")
+    assert rc != 0
+    assert "node1: --ipv4-range 10.200.0.0/24 overlaps the range of node2 (10.200.0.0/23)" in out
+    assert "node2: --ipv4-range 10.200.0.0/23 overlaps the range of node1 (10.200.0.0/24)" in out
+    assert "RANGE node3 10.200.8.0/24" in out  # the node with a range of its own carries on
+
+
+def test_plan_gives_each_node_its_own_range(tmp_path):
+    inventory = local_hosts("node-b", "node-a", "node-c", **{"node-c": {"agent_ipv4_node_index": 9}})
+    variables = render_vars(tmp_path, agent_ipv4_cluster_cidr="10.210.0.0/16", agent_ipv4_node_prefix=25)
+    rc, out = playbook(tmp_path, agent_play(variables), inventory, "--check")
+    assert rc == 0, out
+    assert "RANGE node-a 10.210.0.0/25" in out
+    assert "RANGE node-b 10.210.0.128/25" in out
+    assert "RANGE node-c 10.210.4.128/25" in out
+
+
+def test_preflight_refuses_consul_on_1_17(tmp_path):
+    variables = render_vars(tmp_path, agent_version="1.17.3", agent_kvstore="consul")
+    rc, out = playbook(tmp_path, agent_play(variables), local_hosts("node1"), "--check")
+    assert rc != 0
+    assert "Cilium 1.17.3 cannot use Consul as kvstore (support was removed in 1.17)" in out
+
+
+def test_preflight_refuses_docker_pool_overlap(tmp_path):
+    daemon = tmp_path / "etc/docker/daemon.json"
+    daemon.parent.mkdir(parents=True)
+    daemon.write_text(json.dumps({"default-address-pools": [{"base": "10.200.0.0/16", "size": 24}]}))
+    rc, out = playbook(tmp_path, agent_play(render_vars(tmp_path)), local_hosts("node1"), "--check")
+    assert rc != 0
+    assert "node1: --ipv4-range 10.200.0.0/24 overlaps 10.200.0.0/16" in out
+    assert str(daemon) in out
+
+
+def test_preflight_refuses_docker_builtin_pools(tmp_path):
+    variables = render_vars(tmp_path, agent_ipv4_range="172.18.5.0/24")
+    rc, out = playbook(tmp_path, agent_play(variables), local_hosts("node1"), "--check")
+    assert rc != 0
+    assert "overlaps 172.18.0.0/16" in out and "Docker's built-in defaults" in out
+
+
+def test_preflight_refuses_a_range_with_host_bits(tmp_path):
+    variables = render_vars(tmp_path, agent_ipv4_range="10.200.0.1/24")
+    rc, out = playbook(tmp_path, agent_play(variables), local_hosts("node1"), "--check")
+    assert rc != 0
+    assert "10.200.0.1/24 has host bits set (the network is 10.200.0.0/24)" in out
