@@ -21,7 +21,7 @@ step() { echo; echo "=== $* ==="; }
 
 step "pytest: units, lab conformance, modules on the lab, packaging"
 (cd "$COLL" && PYTHONPATH="$NETREAP_COLLECTIONS_DIR:$COLL" python -m pytest -p no:cacheprovider \
-    -n "${PYTEST_WORKERS:-2}" --junitxml="$OUT/pytest.xml" -q tests/unit tests/lab_conformance tests/lab_tests)
+    -n "${PYTEST_WORKERS:-2}" --junitxml="$OUT/pytest.xml" -q tests/unit tests/lab_conformance tests/lab_tests tests/roles)
 rc=$?
 if [ -f "$OUT/pytest.xml" ]; then
   read -r pytest_passed pytest_failed < <(python - "$OUT/pytest.xml" <<'PY'
@@ -43,20 +43,23 @@ if [ -n "$(ls "$COLL"/tests/sanity/ignore-*.txt 2>/dev/null)" ]; then
 fi
 (cd "$COLL" && ansible-test sanity --venv --python 3.11 --color no) || failed_steps+=("sanity")
 
+step "roles under systemd (podman container; installs podman, runc, debootstrap if missing)"
+bash tests/roles/run.sh || failed_steps+=("roles")
+
 step "ansible-test integration (each target starts its own lab)"
 (cd "$COLL" && ansible-test integration --venv --python 3.11 --color no) || failed_steps+=("integration")
 
 echo
-# One closing line for CI: pytest's counts plus the two ansible-test steps (each one test).
+# One closing line for CI: pytest's counts plus the three other steps (each one test).
 steps_failed=0
 for name in "${failed_steps[@]}"; do
   case "$name" in pytest*) ;; *) steps_failed=$((steps_failed + 1)) ;; esac
 done
 if [ $rc -ne 0 ] && [ "$pytest_failed" -eq 0 ]; then pytest_failed=1; fi
 if [ ${#failed_steps[@]} -eq 0 ]; then
-  echo "all steps passed: pytest, ansible-test sanity, ansible-test integration"
+  echo "all steps passed: pytest, ansible-test sanity, roles under systemd, ansible-test integration"
 else
   echo "failed steps: ${failed_steps[*]}"
 fi
-echo "$((pytest_passed + 2 - steps_failed)) passed, $((pytest_failed + steps_failed)) failed"
+echo "$((pytest_passed + 3 - steps_failed)) passed, $((pytest_failed + steps_failed)) failed"
 [ ${#failed_steps[@]} -eq 0 ]

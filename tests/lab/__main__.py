@@ -165,6 +165,21 @@ def cmd_status(args):
     return 0
 
 
+def cmd_report(args):
+    """Print the drift the reaper should fix; with --before FILE, a before/after table."""
+    from tests.lab.report import format_table
+    report = _control(args.state_dir).call("GET", "/report")
+    if args.save:
+        with open(args.save, "w") as handle:
+            json.dump(report, handle)
+    if args.before:
+        with open(args.before) as handle:
+            print(format_table(json.load(handle), report))
+    elif not args.save:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_fault(args):
     spec = {"service": args.service, "action": args.action, "status": args.status,
             "body": args.body, "method": args.method, "path": args.path, "count": args.count,
@@ -199,6 +214,10 @@ def main(argv=None):
     fault.add_argument("--path")
     fault.add_argument("--count", type=int, default=1)
     fault.add_argument("--delay", type=float, default=30.0)
+    report = sub.add_parser("report", help="what a reaper should fix in a running lab")
+    report.add_argument("--state-dir", required=True)
+    report.add_argument("--save", help="write the report (JSON) to this file")
+    report.add_argument("--before", help="print a before/after table against this saved report")
     reqs = sub.add_parser("requests", help="print the request log of a running lab")
     reqs.add_argument("--state-dir", required=True)
     reqs.add_argument("--service")
@@ -207,7 +226,7 @@ def main(argv=None):
     reqs.add_argument("--count", action="store_true")
     args = parser.parse_args(argv)
     return {"up": cmd_up, "serve": cmd_serve, "down": cmd_down, "status": cmd_status,
-            "fault": cmd_fault, "requests": cmd_requests}[args.command](args)
+            "fault": cmd_fault, "requests": cmd_requests, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":

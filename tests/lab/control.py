@@ -29,6 +29,7 @@ class ControlService(httpd.Service):
         self.route("GET", r"/endpoints/(?P<node>[^/]+)", self.endpoints)
         self.route("GET", r"/policy/(?P<node>[^/]+)", self.policy)
         self.route("POST", r"/heartbeat-timeout", self.heartbeat_timeout)
+        self.route("GET", r"/report", self.report)
         self.route("POST", r"/shutdown", self.shutdown)
 
     def _services(self, name):
@@ -95,6 +96,10 @@ class ControlService(httpd.Service):
         self.lab.heartbeat.timeout = float((req.json() or {})["seconds"])
         self.lab.heartbeat.interval = self.lab.heartbeat.timeout / 4.0
         return httpd.json_response(True)
+
+    def report(self, req):
+        from tests.lab.report import drift_report
+        return httpd.json_response(drift_report(self.lab))
 
     def shutdown(self, req):
         self.stop_event.set()

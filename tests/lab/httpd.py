@@ -114,7 +114,7 @@ class Fault:
     ACTIONS = ("status", "hang", "drop", "truncate", "garbage", "delay")
 
     def __init__(self, action="status", status=500, body="", method=None, path=None, count=1,
-                 delay=30.0, content_type="text/plain; charset=utf-8", headers=None):
+                 delay=30.0, content_type="text/plain; charset=utf-8", headers=None, skip=0):
         if action not in self.ACTIONS:
             raise ValueError("unknown fault action %r" % action)
         self.action = action
@@ -128,6 +128,7 @@ class Fault:
         self.content_type = content_type
         self.headers = dict(headers or {})
         self.hits = 0
+        self.skip = int(skip)  # let this many matching requests through first ("fail the Nth")
 
     def matches(self, req):
         if self.method and req.method != self.method:
@@ -162,6 +163,9 @@ class FaultTable:
         with self._lock:
             for fault in self._faults:
                 if fault.matches(req) and (fault.count is None or fault.count > 0):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.hits += 1
                     if fault.count is not None:
                         fault.count -= 1

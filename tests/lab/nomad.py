@@ -1063,6 +1063,11 @@ class NomadSim(httpd.Service):
         with self.lock:
             return self._render_node(self._nodes[node_id])
 
+    def nodes(self):
+        """Every registered node (full objects)."""
+        with self.lock:
+            return [self._render_node(n) for n in self._nodes.values()]
+
     # -- state API: allocations --------------------------------------------------------------
 
     def add_allocation(self, node_id, job_id, task_group="web", namespace="default", job_meta=None,

@@ -75,3 +75,91 @@ def lab_factory():
 @pytest.fixture
 def lab(lab_factory):
     return lab_factory(nodes=2, cilium="1.16", kvstore="consul", scenario="clean")
+
+
+# -- kvstore module helpers (kvstore GC and heartbeat tests) -------------------------------------
+def etcd_front(lab):
+    """The lab's real etcd behind an HTTP proxy that shares the lab's faults and request log
+    (service ``etcd``); stopped with the lab.  Returns the proxy's Service (``.faults``, ``.url``)."""
+    from tests.lab import httpd
+    from tests.lab.etcd import EtcdProxy
+
+    front = getattr(lab, "_etcd_front", None)
+    if front is None:
+        endpoint = httpd.serve_tcp(EtcdProxy(lab.etcd.url, log=lab.log))
+        lab.endpoints.append(endpoint)
+        endpoint.service.url = endpoint.url
+        front = lab._etcd_front = endpoint.service
+    return front
+
+
+def kvstore_args(lab, **extra):
+    """Connection options for a kvstore module against this lab (etcd through etcd_front)."""
+    args = {"kvstore": lab.kvstore_type, "consul_address": lab.consul_endpoint.url,
+            "consul_timeout": 5}
+    if lab.kvstore_type == "etcd":
+        args.update(etcd_endpoints=[etcd_front(lab).url], etcd_timeout=5)
+    if lab.acl:
+        args["consul_token"] = lab.tokens["consul"]
+    args.update(extra)
+    return args
+
+
+def kvstore_service(lab):
+    return lab.kvstore_type  # RequestLog service name: "consul" or "etcd" (the proxy)
+
+
+def kvstore_writes(lab):
+    """Write requests the kvstore received so far (PUT/DELETE to Consul, write calls to etcd)."""
+    if lab.kvstore_type == "consul":
+        return [e for e in lab.log.entries(service="consul") if e["method"] in ("PUT", "DELETE")]
+    reads = ("/v3/kv/range",)
+    return [e for e in lab.log.entries(service="etcd") if e["path"] not in reads]
+
+
+def run_module_subprocess(name, args, timeout=120):
+    """Start ``netreap.cilium.<name>`` as its own process (as Ansible would); returns the Popen.
+    Use ``module_result(proc)`` for its result dict.  For concurrent runs: run_module patches
+    process-wide state and is not thread-safe."""
+    import os
+    import subprocess
+    import sys
+
+    module = importlib.import_module("ansible_collections.netreap.cilium.plugins.modules." + name)
+    handle = tempfile.NamedTemporaryFile("w", suffix=".json", prefix="args-", dir="/tmp", delete=False)
+    with handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen([sys.executable, module.__file__, handle.name], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
+    proc.args_file = handle.name
+    proc.wait_timeout = timeout
+    return proc
+
+
+def module_result(proc):
+    import os
+
+    try:
+        out, err = proc.communicate(timeout=proc.wait_timeout)
+    finally:
+        os.unlink(proc.args_file)
+    try:
+        return ModuleResult(json.loads(out))
+    except ValueError:
+        raise AssertionError("module printed no JSON (rc %s):\n%s\n%s" % (proc.returncode, out, err))
+
+
+def when_logged(lab, service, path, count, action, timeout=20.0):
+    """Run ``action`` in a thread as soon as ``count`` requests to ``path`` were answered."""
+    import threading
+    import time
+
+    def wait_then_act():
+        deadline = time.monotonic() + timeout
+        while lab.log.count(service=service, path=path) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        action()
+    thread = threading.Thread(target=wait_then_act)
+    thread.start()
+    return thread
