@@ -1,0 +1,84 @@
+"""cilium_kvstore_heartbeat: etcd-backed lab agents report their kvstore healthy only while the
+heartbeat runs; one write per run; check mode, min_interval and failures."""
+
+import calendar
+import time
+
+import pytest
+
+from tests.lab import httpd
+from tests.lab.kvstore import HEARTBEAT
+from tests.lab_tests.conftest import kvstore_args, kvstore_writes, run_module
+
+BACKENDS = [pytest.param(("consul", "1.16"), id="consul"), pytest.param(("etcd", "1.19"), id="etcd")]
+
+
+def kvstore_states(lab):
+    states = []
+    for node in lab.nodes:
+        info = run_module("cilium_agent_info", {"cilium_socket": node.socket_path})
+        states.append(info["kvstore"]["state"])
+    return states
+
+
+def test_etcd_agents_are_healthy_only_while_the_heartbeat_runs(lab_factory):
+    # agents fail their quorum check 1.5 s after the last heartbeat update (2 min in Cilium)
+    # and report Failure after two more failed checks (0.375 s apart): at 2.25 s
+    lab = lab_factory(nodes=2, cilium="1.19", kvstore="etcd", scenario="clean", heartbeat_timeout=1.5)
+    args = kvstore_args(lab)
+    started = time.monotonic()
+    while time.monotonic() - started < 4.0:  # well past the point agents would have failed
+        assert not run_module("cilium_kvstore_heartbeat", args).failed
+        assert kvstore_states(lab) == ["Ok", "Ok"]
+        time.sleep(0.2)
+    time.sleep(3.0)  # the heartbeat stops
+    assert kvstore_states(lab) == ["Failure", "Failure"]
+    info = run_module("cilium_agent_info", {"cilium_socket": lab.nodes[0].socket_path})
+    assert "since last heartbeat update has been received" in info["kvstore"]["msg"]
+    run_module("cilium_kvstore_heartbeat", args)
+    assert kvstore_states(lab) == ["Ok", "Ok"]
+
+
+@pytest.mark.parametrize("lab_args", BACKENDS)
+def test_one_write_per_run(lab_factory, lab_args):
+    kvstore, cilium = lab_args
+    lab = lab_factory(nodes=1, cilium=cilium, kvstore=kvstore, scenario="clean")
+    lab.log.clear()
+    before = time.time()
+    result = run_module("cilium_kvstore_heartbeat", kvstore_args(lab))
+    assert not result.failed and result["changed"] is True and result["key"] == HEARTBEAT
+    assert result["requests"] == {"kvstore": 1} and len(kvstore_writes(lab)) == 1
+    stored = lab.kv.backend.get(HEARTBEAT).decode()
+    assert stored == result["value"]
+    written = calendar.timegm(time.strptime(stored, "%Y-%m-%dT%H:%M:%SZ"))  # RFC 3339, UTC
+    assert before - 1 <= written <= time.time() + 1
+
+
+def test_check_mode_writes_nothing(lab_factory):
+    lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="clean")
+    lab.log.clear()
+    result = run_module("cilium_kvstore_heartbeat", kvstore_args(lab), check_mode=True)
+    assert result["changed"] is True and kvstore_writes(lab) == [] and lab.kv.backend.get(HEARTBEAT) is None
+
+
+def test_min_interval_skips_a_fresh_heartbeat(lab_factory):
+    lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="clean")
+    args = kvstore_args(lab, min_interval=60)
+    first = run_module("cilium_kvstore_heartbeat", args)
+    assert first["changed"] is True and first["previous"] is None
+    lab.log.clear()
+    second = run_module("cilium_kvstore_heartbeat", args)
+    assert second["changed"] is False and second["value"] == first["value"]
+    assert second["requests"] == {"kvstore": 1} and kvstore_writes(lab) == []
+    lab.kv.backend.put(HEARTBEAT, "2020-01-01T00:00:00+01:00")
+    third = run_module("cilium_kvstore_heartbeat", args)
+    assert third["changed"] is True and third["previous"] == "2020-01-01T00:00:00+01:00"
+
+
+def test_failure_names_key_status_and_body(lab_factory):
+    lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="clean")
+    lab.consul.faults.add(httpd.Fault(status=403, body="Permission denied: token lacks 'key:write'"))
+    result = run_module("cilium_kvstore_heartbeat", kvstore_args(lab))
+    assert result.failed and result["msg"] == (
+        "write cilium/.heartbeat to the consul kvstore: consul HTTP 403: Permission denied: token "
+        "lacks 'key:write'")
