@@ -65,13 +65,15 @@ def drift_report(lab):
     if entry and entry.get("Value"):
         sanitized = policy_rules.validate_rules(json.loads(entry["Value"].decode()), lab.profile)
         wanted = _canonical(sanitized)
+    cluster = {
+        "stale kvstore nodes": len([n for n in kv_nodes if n not in nomad_names]),
+        "unused identities": len([i for i, lkey in identities.items() if lkey not in used]),
+    }
+    if lab.heartbeat is not None:  # only etcd-backed agents watch the heartbeat
+        cluster["heartbeat written"] = lab.kv.heartbeat_revision() is not None
+        cluster["agents' kvstore state"] = lab.heartbeat.status()[0]
     return {
-        "cluster": {
-            "stale kvstore nodes": len([n for n in kv_nodes if n not in nomad_names]),
-            "unused identities": len([i for i, lkey in identities.items() if lkey not in used]),
-            "heartbeat written": lab.kv.heartbeat_revision() is not None,
-            "agents' kvstore state": lab.heartbeat.status()[0] if lab.heartbeat else "Ok",
-        },
+        "cluster": cluster,
         "nodes": {n.name: node_report(lab, n, wanted) for n in lab.nodes},
     }
 
