@@ -107,7 +107,7 @@ def measure(count, labelled, drift, runner):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--endpoints", type=int, default=1000)
     count = parser.parse_args().endpoints
     cases = [("all unlabelled", False, False), ("all labelled (steady state)", True, False),

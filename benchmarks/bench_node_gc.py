@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: cilium_node_gc against Netreap's node reaper, on the lab.
 
 Builds a lab whose kvstore holds 10,000 Cilium node keys of which 1,000 belong to nodes Nomad

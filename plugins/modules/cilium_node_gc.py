@@ -152,6 +152,26 @@ deleted:
   sample: [{"name": "nomad-client-7", "key": "cilium/state/nodes/v1/default/nomad-client-7",
             "reason": "not known to Nomad", "mark_key": "netreap/gc/v1/nodes/default/nomad-client-7",
             "marked_since": "2024-05-01T10:00:00Z", "purged": ["cilium/state/ip/v1/default/10.200.7.12"]}]
+  contains:
+    name:
+      description: The node name (the last segment of its key, as the agent wrote it).
+      type: str
+    key:
+      description: The node key.
+      type: str
+    reason:
+      description: Why the node counts as gone.
+      type: str
+    mark_key:
+      description: Where the two-pass mark was kept.
+      type: str
+    marked_since:
+      description: When an earlier run first marked the node (RFC 3339).
+      type: str
+    purged:
+      description: Other keys of the node deleted with it (ipcache entries, identity value keys) when O(purge_node_state=true).
+      type: list
+      elements: str
 marked:
   description: Stale nodes marked by this run (first seen as stale, or written since they were marked).
   returned: always
