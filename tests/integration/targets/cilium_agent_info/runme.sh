@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
 # Start a lab per Cilium version profile and run the module on every simulated node.
 set -eux
-ROOT="${ANSIBLE_COLLECTIONS_PATH%%:*}/ansible_collections/netreap/cilium"
-PY="${NETREAP_LAB_PYTHON:-${ANSIBLE_TEST_PYTHON_INTERPRETER:-python3}}"
-LAB=$(mktemp -d /tmp/lab-XXXXXX)
-lab() { (cd "$ROOT" && "$PY" -m tests.lab "$@"); }
-trap 'lab down --state-dir "$LAB" >/dev/null; rm -rf "$LAB"' EXIT
+# shellcheck source=../../../lab/runme-lib.sh
+source "${ANSIBLE_COLLECTIONS_PATH%%:*}/ansible_collections/netreap/cilium/tests/lab/runme-lib.sh"
 
 for profile in 1.13 1.16 1.19; do
   kvstore=consul
