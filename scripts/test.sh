@@ -21,7 +21,7 @@ step() { echo; echo "=== $* ==="; }
 
 step "pytest: units, lab conformance, modules on the lab, packaging"
 (cd "$COLL" && PYTHONPATH="$NETREAP_COLLECTIONS_DIR:$COLL" python -m pytest -p no:cacheprovider \
-    -n "${PYTEST_WORKERS:-2}" --junitxml="$OUT/pytest.xml" -q tests/unit tests/lab_conformance tests/lab_tests tests/roles)
+    -n "${PYTEST_WORKERS:-2}" --junitxml="$OUT/pytest.xml" -q tests/unit tests/lab_conformance tests/lab_tests tests/roles tests/reliability)
 rc=$?
 if [ -f "$OUT/pytest.xml" ]; then
   read -r pytest_passed pytest_failed < <(python - "$OUT/pytest.xml" <<'PY'
