@@ -148,3 +148,32 @@ def test_two_overlapping_runs_collect_garbage_once(lab_factory):
     deleted = [item for result in gc for item in result.get("deleted", [])]
     assert len(deleted) == 2 and len(stale_before - set(lab.kv.node_names())) == 2
     assert sorted(bool(result.get("deleted")) for result in gc) == [False, True]
+
+
+def test_reap_with_the_nomad_inventory_plugin(lab_factory, tmp_path):
+    """Hosts from `netreap.cilium.nomad` (Nomad's view of the cluster); a static file adds only
+    what the lab needs to reach each simulated node (local connection, its socket and agent)."""
+    lab = lab_factory(nodes=2, cilium="1.16", kvstore="consul", scenario="drift")
+    # a client without Cilium must not be targeted
+    lab.nomad.add_node("nomad-client-no-cilium", attributes={"plugins.cni.version.cilium-cni": None})
+    plugin = tmp_path / "cluster.nomad.yml"
+    plugin.write_text("plugin: netreap.cilium.nomad\nnomad_address: %s\n" % lab.nomad_endpoint.url)
+    static = lab.inventory()["all"]["children"]
+    overlay = {"all": {"hosts": static["cilium_nodes"]["hosts"],
+                       "children": {"reaper": static["reaper"]},
+                       "vars": static["cilium_nodes"]["vars"]}}
+    overlay_file = tmp_path / "lab-overlay.yml"
+    overlay_file.write_text(json.dumps(overlay))
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="lab_json", ANSIBLE_CALLBACK_PLUGINS=CALLBACKS,
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_INVENTORY_ENABLED="netreap.cilium.nomad,yaml")
+    env.update(lab.env())
+    cmd = [os.path.join(BIN, "ansible-playbook"), "-i", str(plugin), "-i", str(overlay_file),
+           "netreap.cilium.reap"] + FAST_GC
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    labelled = task_results(out, "Label endpoints")
+    assert sorted(labelled) == sorted(n.name for n in lab.nodes)  # no-cilium node not targeted
+    report = drift_report(lab)
+    assert all(n["unlabelled endpoints"] == 0 and n["orphaned endpoints"] == 0
+               for n in report["nodes"].values())
