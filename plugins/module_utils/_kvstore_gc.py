@@ -15,7 +15,9 @@ key that stops being garbage loses its mark.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import time
 
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import (
@@ -166,6 +168,21 @@ def node_host_ips(value):
         return None
 
 
+def node_value_problem(name, value):
+    """``(keep, reason)`` when a node key's value is not the Cilium node JSON of that node (it was
+    not written by an agent for this key: never collected), else None."""
+    try:
+        node = json.loads(value.decode("utf-8"))
+    except (ValueError, AttributeError, UnicodeError):
+        return "keep", "value is not Cilium node JSON: left alone (not written by an agent)"
+    if not isinstance(node, dict) or "Name" not in node:
+        return "keep", "value is not Cilium node JSON (no Name): left alone (not written by an agent)"
+    if node["Name"] != name:
+        return "keep", ("value names node %r, not %r as its key does: left alone (not written by an agent "
+                        "for this key)" % (node["Name"], name))
+    return None
+
+
 def node_verdict(nomad_nodes, now, down_after):
     """``(gone|live|keep, reason)`` for one node name against Nomad's nodes of that name."""
     if not nomad_nodes:
@@ -249,7 +266,8 @@ def plan_node_gc(kv_nodes, nomad_nodes, marks, now, cluster_name="default", min_
                         "that lost its state looks like this). Nothing was changed"
                         % (len(nodes), prefix))
         return plan
-    verdicts = {name: node_verdict(by_name.get(name), now, down_after) for name in nodes}
+    verdicts = {name: (node_value_problem(name, nodes[name].value)
+                       or node_verdict(by_name.get(name), now, down_after)) for name in nodes}
     to_delete = []
     for name in sorted(nodes):
         entry = nodes[name]
@@ -311,6 +329,27 @@ def used_label_keys(value_entries):
     return used
 
 
+_BASE64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+_LABEL = re.compile(r"^[A-Za-z0-9_.-]+:.")  # source:key[=value]
+
+
+def label_key_problem(stored, encoded):
+    """Why a master key's value is not a label key (``source:key=value;`` ..., base64url-encoded
+    in Consul), or None."""
+    text = stored
+    if encoded:
+        try:
+            if not _BASE64URL.match(stored) or len(stored) % 4 == 1:
+                raise ValueError(stored)
+            text = base64.urlsafe_b64decode((stored + "=" * (-len(stored) % 4)).encode("ascii")).decode("utf-8")
+        except (ValueError, UnicodeError):
+            return "%r is not base64url-encoded (Consul stores label keys base64url-encoded)" % stored[:80]
+    labels = [part for part in text.split(";") if part]
+    if not labels or not all(_LABEL.match(part) for part in labels):
+        return "%r is not a label key (source:key=value;...)" % text[:80]
+    return None
+
+
 def plan_identity_gc(id_entries, value_entries, marks, now, id_range=(MIN_IDENTITY, 65535),
                      encoded=False, min_age=900, max_delete=None, max_delete_percent=None,
                      state_prefix="netreap/gc/v1"):
@@ -348,6 +387,10 @@ def plan_identity_gc(id_entries, value_entries, marks, now, id_range=(MIN_IDENTI
         in_range += 1
         if not stored:
             plan.kept.append(dict(item, reason="master key has no label key"))
+            continue
+        problem = label_key_problem(stored, encoded)
+        if problem:
+            plan.kept.append(dict(item, reason="master key value %s: left alone" % problem))
             continue
         if stored in used:
             in_use += 1

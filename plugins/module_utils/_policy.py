@@ -883,6 +883,13 @@ class _RuleChecker:
     # -- ingress / egress items ---------------------------------------------------------------
     def peer_item(self, item, at, struct, peers, ingress, deny, host):
         self.since(struct, item, at)
+        if self.minor < 16:
+            for peer in peers:
+                if item.get(peer) == []:
+                    # 1.16 changed the meaning of an explicitly empty peer list (reference §2.3).
+                    raise _Reject("an empty %s list selects every peer before Cilium 1.16 and none since: leave "
+                                  "the field out, or write [{}] to mean every endpoint" % peer,
+                                  "%s.%s" % (at, peer))
         present = [p for p in peers if item.get(p)]
         if len(present) > 1:
             # Go ranges over a map here, so the agent names the pair in random order.

@@ -213,6 +213,7 @@ requests:
   sample: {"nomad": 2, "cilium": 3}
 """
 
+import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -339,6 +340,12 @@ def main():
         module.fail_json(msg="reap_min_age must be 0 or more seconds, got %s" % params["reap_min_age"])
     if params["retry_deadline"] < 0:
         module.fail_json(msg="retry_deadline must be 0 or more seconds, got %s" % params["retry_deadline"])
+    for option in ("meta_include", "meta_exclude"):
+        for pattern in params[option]:
+            # fnmatch reads an unclosed "[" literally and "" matches no key: both are typos.
+            if not pattern.strip() or "[" in re.sub(r"\[!?\]?[^\]]*\]", "", pattern):
+                module.fail_json(msg="%s: %r is not a meta key pattern (an empty pattern or an unclosed '[')"
+                                 % (option, pattern))
     started = time.monotonic()
     deadline_at = started + params["retry_deadline"]
     nomad = endpoints = allocations = None
@@ -421,7 +428,9 @@ def main():
     unconfirmed = [s for s in skipped if s["reason"].startswith("kept: Nomad could not confirm")]
     if unconfirmed:
         warnings.append("%d endpoint(s) kept because Nomad could not confirm their allocation is gone (see "
-                        "skipped_endpoints); is the Nomad token allowed to read every namespace?"
+                        "skipped_endpoints); is the Nomad token allowed to read every namespace? "
+                        "(it needs the read-job capability there: namespace \"*\" { capabilities = "
+                        "[\"read-job\"] })"
                         % len(unconfirmed))
     for text in warnings:
         module.warn(text)

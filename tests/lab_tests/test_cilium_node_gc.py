@@ -159,7 +159,8 @@ def test_check_mode_reports_exactly_what_would_happen_and_writes_nothing(drift_l
     (httpd.Fault(status=503, body="No cluster leader", path=r"^/v1/nodes(\?|$)"),
      "list Nomad nodes: nomad HTTP 503: No cluster leader. Nothing was changed"),
     (httpd.Fault(status=403, body="Permission denied", path=r"^/v1/nodes(\?|$)"),
-     "list Nomad nodes: nomad HTTP 403: Permission denied. Nothing was changed"),
+     "list Nomad nodes: nomad HTTP 403: Permission denied (the Nomad token lacks node:read "
+     "(node { policy = \"read\" })). Nothing was changed"),
     (httpd.Fault(action="hang", delay=3, path=r"^/v1/nodes(\?|$)"), "timed out"),
     (httpd.Fault(action="garbage", path=r"^/v1/nodes(\?|$)"), "response is not valid JSON"),
 ], ids=["5xx", "403", "timeout", "garbage"])

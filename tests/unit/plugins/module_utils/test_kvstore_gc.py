@@ -230,12 +230,14 @@ def test_purge_deletes_the_nodes_ipcache_and_identity_uses_but_not_shared_ips():
     assert deleted["twin"]["item"]["purge_note"] == "not purged: 192.0.2.10 also belongs to a remaining node"
 
 
-def test_purge_of_an_unreadable_node_value_says_so():
+def test_an_unreadable_node_value_is_never_collected():
     kv = [node_entry("live"), KVEntry(NODES + "gone", b"garbage", 7)]
     plan = plan_node_gc(kv, [nomad("live")], [mark(MARKS + "gone", NOW - 600, 7)], NOW, min_age=0,
                         purge={"ipcache": [], "values": []})
-    (action,) = plan.of("delete")
-    assert action["item"]["purge_note"] == "node value is not Cilium node JSON: nothing purged"
+    assert plan.of("delete") == []
+    (kept,) = plan.kept
+    assert kept["reason"] == "value is not Cilium node JSON: left alone (not written by an agent)"
+    assert [a["item"]["mark_key"] for a in plan.of("unmark")] == [MARKS + "gone"]
 
 
 # -- identity GC ----------------------------------------------------------------------------------
@@ -297,7 +299,7 @@ def test_identity_in_use_again_or_gone_loses_its_mark():
 
 
 def test_identity_caps():
-    ids = [KVEntry(IDS_PREFIX + str(300 + i), ("l%d;" % i).encode(), 5) for i in range(10)]
+    ids = [KVEntry(IDS_PREFIX + str(300 + i), ("k8s:l%d;" % i).encode(), 5) for i in range(10)]
     marks = [KVEntry(ID_MARKS + str(300 + i), mark_value(NOW - 1000, 5, "unused", "x"), 6) for i in range(10)]
     assert plan_identity_gc(ids, [], marks, NOW, min_age=0).refusal is None  # no cap by default
     assert plan_identity_gc(ids, [], marks, NOW, min_age=0, max_delete=9).refusal.startswith(
