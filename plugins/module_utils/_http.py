@@ -42,12 +42,22 @@ class ServiceError(Exception):
         self.body = body or ""
         self.kind = kind
         self.reason = reason
+        # What the answer means, when the body does not say (e.g. which ACL permission Nomad's
+        # bare "Permission denied" is about); appended to messages in parentheses.
+        self.hint = ""
         super().__init__(self.describe())
+
+    def __str__(self):
+        return self.describe()  # the hint may be set after construction
+
+    def _hint_suffix(self):
+        return " (%s)" % self.hint if self.hint else ""
 
     def describe(self):
         where = "%s %s %s" % (self.service, self.method, self.url)
         if self.kind == "http":
-            return "%s: HTTP %s: %s" % (where, self.status, self.body.strip() or "(empty body)")
+            return "%s: HTTP %s: %s%s" % (where, self.status, self.body.strip() or "(empty body)",
+                                          self._hint_suffix())
         if self.kind == "decode":
             return "%s: HTTP %s: response is not valid JSON (%s): %s" % (
                 where, self.status, self.reason, self.body.strip()[:200] or "(empty body)")
@@ -64,8 +74,8 @@ def failure_message(action, exc):
     """``<verb> <object> <id>: HTTP <status>: <body>`` for fail_json, from any ServiceError."""
     if isinstance(exc, ServiceError):
         if exc.kind == "http":
-            return "%s: %s HTTP %s: %s" % (action, exc.service, exc.status,
-                                           exc.body.strip() or "(empty body)")
+            return "%s: %s HTTP %s: %s%s" % (action, exc.service, exc.status,
+                                             exc.body.strip() or "(empty body)", exc._hint_suffix())
         return "%s: %s" % (action, exc.describe())
     return "%s: %s" % (action, to_text(exc))
 
@@ -92,6 +102,28 @@ class _ServerNameContext(ssl.SSLContext):
         if self.server_name:
             kwargs["server_hostname"] = self.server_name
         return super().wrap_socket(sock, *args, **kwargs)
+
+
+# OpenSSL's words for "the server refused us for want of a (valid) client certificate"; with TLS
+# 1.3 the refusal may also arrive as a bare EOF right after the handshake.
+_CLIENT_CERT_REFUSALS = ("CERTIFICATE_REQUIRED", "certificate required", "BAD_CERTIFICATE",
+                         "bad certificate", "UNKNOWN_CA", "unknown ca", "EOF occurred in violation")
+
+
+def tls_failure_reason(service, reason, client_cert=None):
+    """The SSL error text plus what to set, naming the options of ``service``."""
+    text = to_text(reason)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return ("%s (the server's certificate was not verified: set %s_ca_cert to the CA that "
+                "signed it, %s_tls_server_name to a name it was issued for, or %s_validate_certs: "
+                "false to skip verification)" % (text, service, service, service))
+    if any(word in text for word in _CLIENT_CERT_REFUSALS):
+        if not client_cert:
+            return ("%s (no client certificate was sent; the server may require one: set "
+                    "%s_client_cert and %s_client_key)" % (text, service, service))
+        return ("%s (the server refused the client certificate %s: is it signed by the CA the "
+                "server trusts?)" % (text, client_cert))
+    return text
 
 
 def build_tls_context(validate_certs=True, ca_file=None, ca_path=None, client_cert=None,
@@ -185,6 +217,7 @@ class HttpClient:
         self._sleep = sleep
         self._clock = clock
         self.request_count = 0
+        self.client_cert = client_cert
         self.retry_count = 0
         if self.base_url.startswith("https://"):
             self._context = build_tls_context(validate_certs, ca_file, ca_path, client_cert,
@@ -227,13 +260,15 @@ class HttpClient:
                 raise ServiceError(self.service, method, url, kind="timeout",
                                    reason="no answer within %ss" % self.timeout)
             if isinstance(reason, ssl.SSLError):
-                raise ServiceError(self.service, method, url, kind="tls", reason=to_text(reason))
+                raise ServiceError(self.service, method, url, kind="tls",
+                                   reason=tls_failure_reason(self.service, reason, self.client_cert))
             raise ServiceError(self.service, method, url, kind="transport", reason=to_text(reason))
         except (socket.timeout, TimeoutError):
             raise ServiceError(self.service, method, url, kind="timeout",
                                reason="no answer within %ss" % self.timeout)
         except ssl.SSLError as exc:
-            raise ServiceError(self.service, method, url, kind="tls", reason=to_text(exc))
+            raise ServiceError(self.service, method, url, kind="tls",
+                               reason=tls_failure_reason(self.service, exc, self.client_cert))
         except ConnectionRefusedError as exc:
             raise ServiceError(self.service, method, url, kind="refused", reason=to_text(exc))
         except (OSError, ValueError, http.client.HTTPException) as exc:

@@ -34,6 +34,17 @@ NOMAD_ARGUMENT_SPEC = dict(
 )
 
 
+def acl_permission_for(path):
+    """The Nomad ACL permission a GET of ``path`` needs (Nomad's 403 body does not say)."""
+    if path.startswith("/v1/agent/"):
+        return 'agent:read (agent { policy = "read" })'
+    if path.startswith(("/v1/node/", "/v1/nodes")):
+        return 'node:read (node { policy = "read" })'
+    if path.startswith(("/v1/allocation", "/v1/namespaces")):
+        return 'read-job in the namespace (namespace "*" { capabilities = ["read-job"] })'
+    return None
+
+
 def _skip_verify_to_validate(value):
     return not parse_bool(value)
 
@@ -81,7 +92,13 @@ class NomadClient:
 
     def _get(self, path, **query):
         query["region"] = self.region
-        data, resp = self.http.request_json("GET", path, query=query)
+        try:
+            data, resp = self.http.request_json("GET", path, query=query)
+        except ServiceError as exc:
+            permission = acl_permission_for(path)
+            if exc.status == 403 and "Permission denied" in exc.body and permission:
+                exc.hint = "the Nomad token lacks %s" % permission
+            raise
         return data, resp
 
     def _get_paged(self, path, **query):

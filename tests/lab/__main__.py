@@ -24,6 +24,9 @@ def _add_lab_options(parser):
                         help="default: consul up to 1.16, etcd from 1.17")
     parser.add_argument("--scenario", default="clean")
     parser.add_argument("--acl", action="store_true", help="turn on Consul and Nomad ACLs")
+    parser.add_argument("--tls", nargs="?", const="tls", choices=("tls", "mtls"), default=None,
+                        help="serve Consul, Nomad and etcd over HTTPS with a CA made at start "
+                             "(<state-dir>/tls); --tls mtls also requires client certificates")
     parser.add_argument("--heartbeat-timeout", type=float, default=120.0,
                         help="seconds without a kvstore heartbeat before etcd agents degrade")
 
@@ -47,7 +50,8 @@ def cmd_serve(args):
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     lab = Lab(args.state_dir, nodes=args.nodes, cilium=args.cilium, kvstore=_kvstore(args),
-              scenario=args.scenario, acl=args.acl, heartbeat_timeout=args.heartbeat_timeout)
+              scenario=args.scenario, acl=args.acl, heartbeat_timeout=args.heartbeat_timeout,
+              tls=args.tls or False)
     lab.start()
     control = httpd.serve_unix(ControlService(lab, stop),
                                os.path.join(lab.state_dir, "control.sock"))
@@ -87,6 +91,8 @@ def cmd_up(args):
             "--scenario", args.scenario, "--heartbeat-timeout", str(args.heartbeat_timeout)]
     if args.acl:
         argv.append("--acl")
+    if args.tls:
+        argv += ["--tls", args.tls]
     log = open(os.path.join(state_dir, "lab.log"), "ab")
     repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)

@@ -15,6 +15,17 @@ from tests.lab import httpd
 # A private opener: ansible's urls.Request installs a global urllib opener (possibly bound to a
 # unix socket) when modules run in the test process, and urlopen() would use it.
 _OPENER = urllib.request.build_opener()
+# TLS etcds started by this process: client URL -> SSLContext (CA + client certificate), so the
+# lab's writers and EtcdProxy reach an https etcd without extra wiring.
+_CLIENT_CONTEXTS = {}
+
+
+def opener_for(url, ssl_context=None):
+    """A private urllib opener for ``url``: plain, or with the TLS client context of that etcd."""
+    ctx = ssl_context or _CLIENT_CONTEXTS.get(url.rstrip("/"))
+    if ctx is None:
+        return _OPENER
+    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx))
 
 
 def find_etcd():
@@ -41,7 +52,7 @@ def free_port():
 
 class EtcdServer:
     def __init__(self, state_dir, name="lab", client_port=None, peer_port=None, binary=None,
-                 extra_args=None):
+                 extra_args=None, tls_server=None, tls_client=None, client_cert_auth=False):
         self.state_dir = state_dir
         self.name = name
         self.data_dir = os.path.join(state_dir, "etcd-data")
@@ -51,6 +62,18 @@ class EtcdServer:
         self.extra_args = list(extra_args or [])
         self.scheme = "http"
         self.process = None
+        # TLS (tests/lab/tls.py CertFiles): https client URL, optionally client certificates
+        # required (--client-cert-auth); the lab itself connects with ``tls_client``.
+        self.tls_server = tls_server
+        self.tls_client = tls_client
+        self.client_cert_auth = client_cert_auth
+        self.client_ssl_context = None
+        if tls_server is not None:
+            from tests.lab.tls import client_context
+            self.scheme = "https"
+            self.client_ssl_context = client_context(
+                tls_server.ca, tls_client.cert if tls_client else None,
+                tls_client.key if tls_client else None)
 
     @property
     def url(self):
@@ -62,10 +85,19 @@ class EtcdServer:
                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", "%s=%s" % (self.name, peer),
-                "--log-level", "error"] + self.extra_args
+                "--log-level", "error"] + self._tls_args() + self.extra_args
+
+    def _tls_args(self):
+        if self.tls_server is None:
+            return []
+        args = ["--cert-file", self.tls_server.cert, "--key-file", self.tls_server.key,
+                "--trusted-ca-file", self.tls_server.ca]
+        return args + (["--client-cert-auth"] if self.client_cert_auth else [])
 
     def start(self, timeout=20.0):
         os.makedirs(self.state_dir, exist_ok=True)
+        if self.client_ssl_context is not None:
+            _CLIENT_CONTEXTS[self.url] = self.client_ssl_context
         log = open(os.path.join(self.state_dir, "etcd.log"), "ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -87,7 +119,7 @@ class EtcdServer:
                 raise RuntimeError("etcd exited with %s; see %s/etcd.log"
                                    % (self.process.returncode, self.state_dir))
             try:
-                with _OPENER.open(self.url + "/health", timeout=1) as resp:
+                with opener_for(self.url).open(self.url + "/health", timeout=1) as resp:
                     if b'"true"' in resp.read():
                         return
             except OSError as exc:
@@ -117,9 +149,10 @@ class EtcdProxy(httpd.Service):
     and request log (service name ``etcd``), so tests can fail "the 2nd txn" or count calls.
     Serve it with ``httpd.serve_tcp(EtcdProxy(lab.etcd.url, lab.log))``."""
 
-    def __init__(self, upstream_url, log=None, name="etcd"):
+    def __init__(self, upstream_url, log=None, name="etcd", ssl_context=None):
         super().__init__(name, log)
         self.upstream = upstream_url.rstrip("/")
+        self.ssl_context = ssl_context
 
     def dispatch(self, req):
         url = self.upstream + req.raw_path + ("?" + req.raw_query if req.raw_query else "")
@@ -129,7 +162,7 @@ class EtcdProxy(httpd.Service):
         upstream = urllib.request.Request(url, data=req.body if req.method != "GET" else None,
                                           headers=headers, method=req.method)
         try:
-            with _OPENER.open(upstream, timeout=30) as resp:
+            with opener_for(self.upstream, self.ssl_context).open(upstream, timeout=30) as resp:
                 return httpd.Response(resp.status, resp.read(), resp.headers.get("Content-Type"))
         except urllib.error.HTTPError as exc:
             return httpd.Response(exc.code, exc.read(), exc.headers.get("Content-Type"))

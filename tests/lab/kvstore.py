@@ -60,14 +60,17 @@ class EtcdBackend:
 
     encode_keys = False
 
-    def __init__(self, url, timeout=5.0):
+    def __init__(self, url, timeout=5.0, ssl_context=None):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.ssl_context = ssl_context  # https etcd: CA and client certificate (tests/lab/tls.py)
 
     def _call(self, path, body):
         req = urllib.request.Request(self.url + "/v3/" + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
-        with _OPENER.open(req, timeout=self.timeout) as resp:
+        from tests.lab.etcd import opener_for
+        opener = opener_for(self.url, self.ssl_context) if self.url.startswith("https") else _OPENER
+        with opener.open(req, timeout=self.timeout) as resp:
             return json.loads(resp.read().decode())
 
     @staticmethod

@@ -58,7 +58,7 @@ class LabNode:
 class Lab:
     def __init__(self, state_dir, nodes=3, cilium="1.16", kvstore="consul", scenario="clean",
                  acl=False, cluster_name="default", heartbeat_timeout=120.0, static_policy=None,
-                 python=None):
+                 python=None, tls=False):
         if cilium not in PROFILES:
             raise ValueError("unknown Cilium profile %r (have %s)" % (cilium, ", ".join(PROFILES)))
         if kvstore not in ("consul", "etcd"):
@@ -79,6 +79,15 @@ class Lab:
         self.heartbeat_timeout = heartbeat_timeout
         self.static_policy = self.profile["static_policy_dir"] if static_policy is None else static_policy
         self.python = python or sys.executable
+        # tls: False (plain HTTP), True (HTTPS with a CA made at start, tests/lab/tls.py) or
+        # "mtls" (HTTPS and a client certificate required by Consul, Nomad and etcd).
+        if tls not in (False, None, True, "tls", "mtls"):
+            raise ValueError("tls must be false, true/'tls' or 'mtls', not %r" % (tls,))
+        self.tls = {True: "tls", None: False}.get(tls, tls)
+        self.tls_ca = None        # tests/lab/tls.py LabCA
+        self.tls_server = None    # CertFiles of the server certificate every listener presents
+        self.tls_client = None    # CertFiles of a client certificate the CA signed
+        self._tls_context = None
         self.log = httpd.RequestLog()
         self.nodes = []
         self.endpoints = []
@@ -104,6 +113,8 @@ class Lab:
         if len(os.path.join(sock_dir, "nomad-client-999.sock")) > MAX_SOCKET_PATH:
             raise ValueError("state dir %s is too long for unix socket paths; use a shorter one"
                              % self.state_dir)
+        if self.tls:
+            self._setup_tls()
         self.consul = ConsulSim(log=self.log, acl_enabled=self.acl)
         self.nomad = NomadSim(log=self.log, acl_enabled=self.acl)
         self.consul_endpoint = self._serve(self.consul)
@@ -112,8 +123,10 @@ class Lab:
             self.tokens = {"consul": self.consul.management_token,
                            "nomad": self.nomad.management_token}
         if self.kvstore_type == "etcd":
-            self.etcd = EtcdServer(self.state_dir).start()
-            backend = EtcdBackend(self.etcd.url)
+            self.etcd = EtcdServer(self.state_dir, tls_server=self.tls_server,
+                                   tls_client=self.tls_client,
+                                   client_cert_auth=self.tls == "mtls").start()
+            backend = EtcdBackend(self.etcd.url, ssl_context=self.etcd.client_ssl_context)
         else:
             backend = ConsulBackend(self.consul)
         self.kv = CiliumKVStore(backend, self.cluster_name)
@@ -125,8 +138,17 @@ class Lab:
         self.write_files()
         return self
 
+    def _setup_tls(self):
+        from tests.lab.tls import LabCA, server_context
+        self.tls_ca = LabCA(os.path.join(self.state_dir, "tls"))
+        self.tls_server = self.tls_ca.server()
+        self.tls_client = self.tls_ca.client()
+        self._tls_context = server_context(self.tls_server,
+                                           require_client_cert=self.tls == "mtls")
+
     def _serve(self, service, unix_path=None):
-        endpoint = httpd.serve_unix(service, unix_path) if unix_path else httpd.serve_tcp(service)
+        endpoint = httpd.serve_unix(service, unix_path) if unix_path else \
+            httpd.serve_tcp(service, ssl_context=self._tls_context)
         self.endpoints.append(endpoint)
         return endpoint
 
@@ -207,12 +229,23 @@ class Lab:
         if self.acl:
             env["CONSUL_HTTP_TOKEN"] = self.tokens["consul"]
             env["NOMAD_TOKEN"] = self.tokens["nomad"]
+        if self.tls:
+            env.update(self.tls_env())
+        return env
+
+    def tls_env(self):
+        """The CLIs' TLS variables (CA, client certificate) for this lab's services."""
+        ca, cert, key = self.tls_server.ca, self.tls_client.cert, self.tls_client.key
+        env = {"CONSUL_CACERT": ca, "CONSUL_CLIENT_CERT": cert, "CONSUL_CLIENT_KEY": key,
+               "NOMAD_CACERT": ca, "NOMAD_CLIENT_CERT": cert, "NOMAD_CLIENT_KEY": key}
+        if self.etcd is not None:
+            env.update(ETCDCTL_CACERT=ca, ETCDCTL_CERT=cert, ETCDCTL_KEY=key)
         return env
 
     def describe(self):
         return {
             "state_dir": self.state_dir, "cilium": self.version, "kvstore": self.kvstore_type,
-            "scenario": self.scenario, "acl": self.acl, "pid": os.getpid(),
+            "scenario": self.scenario, "acl": self.acl, "tls": self.tls, "pid": os.getpid(),
             "consul": self.consul_endpoint.url, "nomad": self.nomad_endpoint.url,
             "etcd": self.etcd.url if self.etcd else None,
             "etcd_pid": self.etcd.process.pid if self.etcd and self.etcd.process else None,
@@ -236,6 +269,10 @@ class Lab:
                       "netreap_kvstore": self.kvstore_type, "cilium_cluster_name": self.cluster_name}
         if self.etcd is not None:
             group_vars["etcd_endpoints"] = [self.etcd.url]
+        if self.tls:
+            # reap.yml's variables; client certificates reach the modules through lab.env.
+            group_vars.update(netreap_consul_ca_cert=self.tls_server.ca,
+                              netreap_nomad_ca_cert=self.tls_server.ca)
         return {"all": {"children": {
             "cilium_nodes": {"hosts": hosts, "vars": group_vars},
             "reaper": {"hosts": {"reaper-controller": {
