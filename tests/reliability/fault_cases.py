@@ -1,0 +1,363 @@
+"""The fault matrix as data: one row per (service, fault, module or playbook, expectation).
+
+tests/reliability/test_fault_matrix.py runs every row against the lab; gen_fault_doc.py turns
+the rows into docs/fault-matrix.md (a test fails when that file is out of date).  Pure data: no
+lab imports, so the doc generator runs anywhere.
+
+Row fields:
+
+``id``            pytest id (unique).
+``service``       consul | nomad | cilium | etcd: the service the fault is injected into.
+``fault``         what goes wrong, in words (the doc's "fault" column).
+``module``        the module run, or ``reap.yml``.
+``lab``           consul (Cilium 1.16, Consul kvstore), consul-acl (same with ACLs on), etcd
+                  (Cilium 1.19, real etcd behind the lab's fault proxy).
+``inject``        list of injections (setups run before the snapshot, faults after it):
+                  ``{"fault": {httpd.Fault kwargs}, "target": <where>}`` with target consul | nomad | nomad-agent (node 1's Nomad client agent) |
+                  agent (node 1's Cilium agent) | etcd (the proxy); ``{"pause": consul | nomad |
+                  agent}`` (connection refused); ``{"etcd_stop": True}`` (the real etcd stopped;
+                  the module then talks to etcd directly); ``{"setup": <name>}`` for setups the
+                  test file implements (scoped tokens).
+``args``          extra module options for the faulted run (small timeouts for hangs).
+``expect``        fail (the run fails with ``msg``) or ok (the run succeeds; ``msg`` is found
+                  in its result or warnings).
+``msg``           substrings the message must contain: service, object, status.  ``{socket}``
+                  and ``{node_id}`` stand for node 1's agent socket and Nomad node ID.
+``no_writes``     True when the faulted run must not send a single write request anywhere.
+``strict``        True when nothing the module manages may differ after the faulted run (default:
+                  every failing module case); otherwise each change must be one the next clean
+                  run makes too (nothing beyond what a fault-free run confirms as safe).
+``outcome``       the doc's "expected outcome" column.
+``guarantee``     the doc's "guarantee" column (what is never lost).
+``description``   one line for humans reading a failing test.
+"""
+
+HANG = 3.0  # seconds a hung server holds the request; modules run with a 1 s timeout for these
+
+
+def _fault(target, **kwargs):
+    kwargs.setdefault("count", None)  # until the test clears the faults
+    return {"fault": kwargs, "target": target}
+
+
+def _case(id, service, fault, module, lab, inject, expect, msg, outcome, guarantee, description,
+          args=None, no_writes=None, strict=None):
+    if strict is None:
+        strict = expect == "fail" and module != "reap.yml"
+    return {"id": id, "service": service, "fault": fault, "module": module, "lab": lab,
+            "inject": inject, "args": dict(args or {}), "expect": expect, "msg": list(msg),
+            "no_writes": (expect == "fail") if no_writes is None else no_writes, "strict": strict,
+            "outcome": outcome, "guarantee": guarantee, "description": description}
+
+
+NOTHING = "nothing written; kvstore unchanged"
+KV_LIST = r"^/v1/kv/cilium/state/"
+
+CASES = [
+    # -- Consul ------------------------------------------------------------------------------
+    _case("consul-refused-node-gc", "consul", "connection refused", "cilium_node_gc", "consul",
+          [{"pause": "consul"}], "fail",
+          ["list consul keys under cilium/state/nodes/v1/default/", "consul GET", "connection refused"],
+          "fails after the refused-connection retries", NOTHING,
+          "Consul down: node GC names the key prefix it could not list and deletes nothing"),
+    _case("consul-hang-identity-gc", "consul", "hang past the timeout", "cilium_identity_gc", "consul",
+          [_fault("consul", action="hang", delay=HANG, method="GET", path=KV_LIST)], "fail",
+          ["list consul keys under cilium/state/identities/v1/id/", "timed out"],
+          "fails after consul_timeout (not retried)", NOTHING,
+          "A Consul that accepts but never answers: identity GC times out and deletes nothing",
+          args={"consul_timeout": 1}),
+    _case("consul-500-node-gc", "consul", "HTTP 500 on the KV listing", "cilium_node_gc", "consul",
+          [_fault("consul", status=500, body="rpc error: No cluster leader", method="GET", path=KV_LIST)],
+          "fail", ["list consul keys under cilium/state/nodes/v1/default/", "consul HTTP 500",
+                   "No cluster leader"],
+          "fails with the status and body", NOTHING,
+          "Consul without a leader answers 500: node GC fails and deletes nothing"),
+    _case("consul-503-identity-gc", "consul", "HTTP 503 on the KV listing", "cilium_identity_gc", "consul",
+          [_fault("consul", status=503, body="Service Unavailable", method="GET",
+                  path=r"^/v1/kv/cilium/state/identities/v1/value/")],
+          "fail", ["list consul keys under cilium/state/identities/v1/value/", "consul HTTP 503"],
+          "fails with the status and body", "no identity deleted (in-use data unknown)",
+          "The value-key listing fails: identity GC must not treat every identity as unused"),
+    _case("consul-403-identity-gc", "consul", "HTTP 403 (token lacks key:read)", "cilium_identity_gc",
+          "consul",
+          [_fault("consul", status=403, body="Permission denied: token lacks key:read",
+                  method="GET", path=r"^/v1/kv/cilium/state/identities/")],
+          "fail", ["list consul keys under cilium/state/identities/v1/id/", "consul HTTP 403",
+                   "Permission denied"],
+          "fails naming the prefix", NOTHING,
+          "A token without key:read on the identities: identity GC fails and deletes nothing"),
+    _case("consul-409-txn-node-gc", "consul", "HTTP 409: 403 inside the transaction", "cilium_node_gc",
+          "consul",
+          [_fault("consul", status=409, method="PUT", path=r"^/v1/txn",
+                  body='{"Errors":[{"OpIndex":1,"What":"Permission denied"}],"Results":null}')],
+          "fail", ["write to the consul kvstore failed", "HTTP 409", "Permission denied"],
+          "fails; the rolled-back transaction is reported in not_applied",
+          "transaction rolled back: no node key deleted",
+          "Consul rejects one op of the delete transaction (ACL): the whole transaction is rolled "
+          "back, nothing is deleted", no_writes=False),
+    _case("consul-429-txn-node-gc", "consul", "HTTP 429 burst (2) on the transaction", "cilium_node_gc",
+          "consul",
+          [_fault("consul", status=429, body="rate limit exceeded", method="PUT", path=r"^/v1/txn", count=2)],
+          "ok", [], "retried with backoff, then succeeds", "only the marked stale nodes are deleted",
+          "Consul rate-limits the delete transaction twice: retried, the stale nodes go, live ones stay"),
+    _case("consul-garbage-node-gc", "consul", "non-JSON body (HTML from a proxy)", "cilium_node_gc", "consul",
+          [_fault("consul", action="garbage", method="GET", path=KV_LIST)],
+          "fail", ["list consul keys under cilium/state/nodes/v1/default/", "consul GET",
+                   "not valid JSON"],
+          "fails: the body is not JSON", NOTHING,
+          "A proxy answers 200 with HTML: node GC does not mistake it for an empty kvstore"),
+    _case("consul-truncated-identity-gc", "consul", "truncated body", "cilium_identity_gc", "consul",
+          [_fault("consul", action="truncate", method="GET", path=KV_LIST)],
+          "fail", ["list consul keys under cilium/state/identities/v1/id/", "consul GET",
+                   "connection failed"],
+          "fails: incomplete answer", NOTHING,
+          "The listing is cut off mid-body: identity GC fails and deletes nothing"),
+    _case("consul-empty-values-identity-gc", "consul", "empty list for the value keys", "cilium_identity_gc",
+          "consul",
+          [_fault("consul", status=404, body="", method="GET", path=r"^/v1/kv/cilium/state/identities/v1/value/")],
+          "ok", ["unused: no value key refers to it"],
+          "in-use identities are only marked (two-pass), never deleted", "no in-use identity deleted",
+          "Consul suddenly lists no value keys: every identity looks unused, but the two-pass rule "
+          "only marks them; the next clean run unmarks them", no_writes=False),
+    _case("consul-partial-acl-identity-gc", "consul", "partial visibility (ACL hides some value keys)",
+          "cilium_identity_gc", "consul-acl", [{"setup": "consul_partial_token"}], "fail",
+          ["Consul hid part of cilium/state/identities/v1/value/", "X-Consul-Results-Filtered-By-ACLs"],
+          "fails: a filtered listing is incomplete", "no identity deleted",
+          "A token that sees only some value keys: identity GC refuses the filtered listing"),
+    _case("consul-404-session-node-gc", "consul", "HTTP 404 where unexpected (session create)",
+          "cilium_node_gc", "consul",
+          [_fault("consul", status=404, body="", method="PUT", path=r"^/v1/session/create")],
+          "fail", ["take the leader lock service/netreaper/leader", "consul PUT", "HTTP 404"],
+          "fails before taking the lock", NOTHING,
+          "The session endpoint answers 404 (a proxy in between): no lock, no deletion"),
+    _case("consul-500-txn-identity-gc", "consul", "HTTP 500 on the transaction", "cilium_identity_gc", "consul",
+          [_fault("consul", status=500, body="raft apply failed", method="PUT", path=r"^/v1/txn")],
+          "fail", ["write to the consul kvstore failed", "HTTP 500", "raft apply failed"],
+          "fails; what was not written is reported", "no identity deleted",
+          "The delete transaction fails on the server: nothing is deleted, the rerun finishes",
+          no_writes=False),
+    _case("consul-refused-heartbeat", "consul", "connection refused", "cilium_kvstore_heartbeat", "consul",
+          [{"pause": "consul"}], "fail",
+          ["write cilium/.heartbeat to the consul kvstore", "connection refused"],
+          "fails after the refused-connection retries", "nothing else touched",
+          "Consul down: the heartbeat says which key it could not write where"),
+    _case("consul-503-policy-read", "consul", "HTTP 503 reading the policy key", "cilium_policy", "consul",
+          [_fault("consul", status=503, body="No known Consul servers", method="GET",
+                  path=r"^/v1/kv/netreap\.io/policy")],
+          "fail", ["read Consul key netreap.io/policy", "consul HTTP 503", "No known Consul servers"],
+          "fails before touching the agent", "the agent keeps its policy",
+          "The published policy cannot be read: the agent's rules are left exactly as they are",
+          args={"from_consul": True}),
+    _case("consul-403-policy-publish", "consul", "HTTP 403 writing the policy key", "cilium_policy", "consul",
+          [_fault("consul", status=403, body="Permission denied", method="PUT", path=r"^/v1/kv/netreap\.io/policy")],
+          "fail", ["publish policy to Consul key netreap.io/policy", "consul HTTP 403", "Permission denied",
+                   "nothing was applied"],
+          "fails; nothing applied", "the published key is unchanged",
+          "A publisher without key:write: the key and the agents stay as they were",
+          args={"publish": True, "apply": False, "rules": "V3"}, no_writes=False),
+    _case("consul-empty-policy-key", "consul", "empty value for the policy key", "cilium_policy", "consul",
+          [_fault("consul", status=200, method="GET", path=r"^/v1/kv/netreap\.io/policy",
+                  body='[{"Key":"netreap.io/policy","Value":null,"Flags":0,"CreateIndex":5,"ModifyIndex":5,'
+                       '"LockIndex":0}]', content_type="application/json")],
+          "fail", ["Consul key netreap.io/policy is empty", "nothing to apply"],
+          "fails: an empty key is not an empty policy", "the agent keeps our rules",
+          "An empty published value must not remove every rule from the agents",
+          args={"from_consul": True}),
+
+    # -- Nomad -------------------------------------------------------------------------------
+    _case("nomad-refused-node-gc", "nomad", "connection refused", "cilium_node_gc", "consul",
+          [{"pause": "nomad"}], "fail", ["list Nomad nodes", "nomad GET", "connection refused"],
+          "fails after the refused-connection retries", NOTHING,
+          "Nomad down: node GC must not take 'no answer' for 'no nodes'"),
+    _case("nomad-hang-node-gc", "nomad", "hang past the timeout", "cilium_node_gc", "etcd",
+          [_fault("nomad", action="hang", delay=HANG, method="GET", path=r"^/v1/nodes")], "fail",
+          ["list Nomad nodes", "nomad GET", "timed out"], "fails after nomad_timeout", NOTHING,
+          "Nomad hangs: node GC times out and deletes nothing", args={"nomad_timeout": 1}),
+    _case("nomad-500-node-gc", "nomad", "HTTP 500", "cilium_node_gc", "etcd",
+          [_fault("nomad", status=500, body="rpc error: EOF", method="GET", path=r"^/v1/nodes")], "fail",
+          ["list Nomad nodes", "nomad HTTP 500", "rpc error: EOF"], "fails with the status and body", NOTHING,
+          "Nomad answers 500: node GC deletes nothing"),
+    _case("nomad-503-endpoint", "nomad", "HTTP 503 on the node's allocations", "cilium_endpoint", "consul",
+          [_fault("nomad-agent", status=503, body="No cluster leader", method="GET", path=r"^/v1/node/")],
+          "fail", ["read the allocations of Nomad node {node_id}", "nothing was changed", "nomad HTTP 503"],
+          "fails before any endpoint change", "no endpoint labelled or deleted",
+          "The node's allocation list cannot be read: no endpoint is reaped as orphaned"),
+    _case("nomad-403-node-gc", "nomad", "HTTP 403 (token lacks node:read)", "cilium_node_gc", "consul",
+          [_fault("nomad", status=403, body="Permission denied", method="GET", path=r"^/v1/nodes")], "fail",
+          ["list Nomad nodes", "nomad HTTP 403", "Permission denied"], "fails naming the permission error",
+          NOTHING, "A Nomad token without node:read: node GC deletes nothing"),
+    _case("nomad-404-alloc-endpoint", "nomad", "HTTP 404 without Nomad's 'not found' (a proxy)",
+          "cilium_endpoint", "consul",
+          [_fault("nomad-agent", status=404, body="<html>404</html>", method="GET", path=r"^/v1/allocation/")],
+          "ok", ["could not confirm", "nomad HTTP 404"],
+          "the orphan is kept and reported; live endpoints are labelled",
+          "an endpoint is deleted only on Nomad's own 404",
+          "Only Nomad's 'alloc not found' proves an allocation gone; a foreign 404 keeps the endpoint"),
+    _case("nomad-429-node-gc", "nomad", "HTTP 429 burst (2)", "cilium_node_gc", "etcd",
+          [_fault("nomad", status=429, body="too many requests", method="GET", path=r"^/v1/nodes", count=2)],
+          "ok", [], "retried with backoff, then succeeds", "only the marked stale nodes are deleted",
+          "Nomad rate-limits the node list twice: retried, the right nodes go"),
+    _case("nomad-garbage-node-gc", "nomad", "non-JSON body", "cilium_node_gc", "consul",
+          [_fault("nomad", action="garbage", method="GET", path=r"^/v1/nodes")], "fail",
+          ["list Nomad nodes", "nomad GET", "not valid JSON"], "fails: the body is not JSON", NOTHING,
+          "A proxy's HTML page is not an empty node list"),
+    _case("nomad-truncated-endpoint", "nomad", "truncated body", "cilium_endpoint", "consul",
+          [_fault("nomad-agent", action="truncate", method="GET", path=r"^/v1/node/")], "fail",
+          ["read the allocations of Nomad node {node_id}", "nomad GET", "connection failed"],
+          "fails before any endpoint change", "no endpoint labelled or deleted",
+          "A cut-off allocation list: nothing is reaped"),
+    _case("nomad-empty-nodes-node-gc", "nomad", "empty node list", "cilium_node_gc", "etcd",
+          [_fault("nomad", status=200, body="[]", method="GET", path=r"^/v1/nodes",
+                  content_type="application/json")], "fail",
+          ["refusing to act: Nomad lists no nodes", "Nothing was changed"],
+          "refuses: an empty Nomad is not an empty cluster", "no node key deleted",
+          "Nomad answers [] (lost state, wrong region): node GC refuses instead of deleting every node"),
+    _case("nomad-empty-allocs-endpoint", "nomad", "empty allocation list for the node", "cilium_endpoint",
+          "consul",
+          [_fault("nomad-agent", status=200, body="[]", method="GET", path=r"^/v1/node/[^/]+/allocations",
+                  content_type="application/json")], "ok", [],
+          "each endpoint's allocation is confirmed one by one; only confirmed-gone ones are reaped",
+          "no endpoint of a live allocation is deleted",
+          "An empty allocation list must not make every endpoint look orphaned", no_writes=False),
+    _case("nomad-scoped-token-endpoint", "nomad", "partial namespace visibility (token scoped to default)",
+          "cilium_endpoint", "consul-acl", [{"setup": "nomad_scoped_token"}], "ok",
+          ["could not confirm", "token allowed to read every namespace"],
+          "endpoints of hidden namespaces are kept and a warning says why",
+          "no endpoint of a namespace the token cannot read is deleted",
+          "A Nomad token scoped to some namespaces: what it cannot see is never reaped"),
+
+    # -- Cilium agent ------------------------------------------------------------------------
+    _case("cilium-refused-endpoint", "cilium", "connection refused (agent down)", "cilium_endpoint", "consul",
+          [{"pause": "agent"}], "fail",
+          ["list endpoints of the Cilium agent at {socket}", "cilium GET", "connection refused"],
+          "fails after the refused-connection retries", "nothing changed in Nomad or the agent",
+          "The agent is restarting: the endpoint run fails clearly"),
+    _case("cilium-hang-agent-info", "cilium", "hang past the timeout", "cilium_agent_info", "consul",
+          [_fault("agent", action="hang", delay=HANG, method="GET", path=r"^/v1/healthz")], "fail",
+          ["read Cilium agent at {socket}", "cilium GET", "timed out"], "fails after cilium_timeout",
+          "read-only", "A stuck agent: agent_info times out", args={"cilium_timeout": 1}),
+    _case("cilium-404-agent-info", "cilium", "HTTP 404 where unexpected (healthz)", "cilium_agent_info",
+          "consul", [_fault("agent", status=404, body="", method="GET", path=r"^/v1/healthz")], "fail",
+          ["read Cilium agent at {socket}", "cilium HTTP 404"], "fails with the status", "read-only",
+          "Something else listens on the agent's socket"),
+    _case("cilium-500-patch-endpoint", "cilium", "HTTP 500 on one endpoint update", "cilium_endpoint", "consul",
+          [_fault("agent", status=500, body="endpoint regeneration failed", method="PATCH",
+                  path=r"^/v1/endpoint/", count=1)], "fail",
+          ["changes not made", "label endpoint", "cilium HTTP 500", "endpoint regeneration failed"],
+          "the other changes are made; the task fails listing the one that was not",
+          "only confirmed changes are made", "One PATCH fails: the rest is done, the failure is named",
+          no_writes=False, strict=False),
+    _case("cilium-429-patch-endpoint", "cilium", "HTTP 429 burst (3) on endpoint updates", "cilium_endpoint",
+          "consul", [_fault("agent", status=429, method="PATCH", path=r"^/v1/endpoint/", count=3,
+                            body='"request would have to wait 1s to be served"')], "ok", [],
+          "retried within retry_deadline, then succeeds", "every change made once",
+          "The agent's API rate limiter refuses a few updates: they are retried"),
+    _case("cilium-garbage-endpoint", "cilium", "non-JSON endpoint list", "cilium_endpoint", "consul",
+          [_fault("agent", action="garbage", method="GET", path=r"^/v1/endpoint$")], "fail",
+          ["list endpoints of the Cilium agent at {socket}", "cilium GET", "not valid JSON"],
+          "fails: the body is not JSON", "no endpoint deleted",
+          "A garbage endpoint list is not an empty one"),
+    _case("cilium-empty-endpoints", "cilium", "empty endpoint list", "cilium_endpoint", "consul",
+          [_fault("agent", status=200, body="[]", method="GET", path=r"^/v1/endpoint$",
+                  content_type="application/json")], "ok", [],
+          "nothing to do", "nothing changed",
+          "The agent lists no endpoints (just restarted): nothing is labelled or deleted", no_writes=True),
+    _case("cilium-503-policy-read", "cilium", "HTTP 503 reading the policy", "cilium_policy", "consul",
+          [_fault("agent", status=503, body="policy repository not ready", method="GET", path=r"^/v1/policy")],
+          "fail", ["read Cilium agent at {socket}", "cilium HTTP 503", "policy repository not ready"],
+          "fails before writing", "the agent keeps its policy",
+          "The agent cannot report its policy: nothing is applied blind", args={"from_consul": True}),
+    _case("cilium-403-policy-put", "cilium", "HTTP 403 on the policy write", "cilium_policy", "consul",
+          [_fault("agent", status=403, body="access denied by the agent's API policy", method="PUT",
+                  path=r"^/v1/policy")],
+          "fail", ["apply policy to Cilium agent at {socket}", "cilium HTTP 403",
+                   "the agent kept its previous policy"],
+          "fails; the previous policy stays in force", "the agent never lacks a policy",
+          "The agent refuses the write: its previous rules stay", args={"from_consul": True}, no_writes=False),
+    _case("cilium-truncated-policy-read", "cilium", "truncated body", "cilium_policy", "consul",
+          [_fault("agent", action="truncate", method="GET", path=r"^/v1/policy")], "fail",
+          ["read Cilium agent at {socket}", "cilium GET", "connection failed"],
+          "fails before writing", "the agent keeps its policy",
+          "A cut-off policy answer: nothing is applied", args={"from_consul": True}),
+
+    # -- etcd --------------------------------------------------------------------------------
+    _case("etcd-stopped-node-gc", "etcd", "connection refused (etcd stopped)", "cilium_node_gc", "etcd",
+          [{"etcd_stop": True}], "fail",
+          ["list etcd keys under cilium/state/nodes/v1/default/", "etcd POST", "connection refused"],
+          "fails at once", NOTHING, "etcd is down: node GC fails and deletes nothing; it converges once "
+          "etcd is back"),
+    _case("etcd-stopped-heartbeat", "etcd", "connection refused (etcd stopped)", "cilium_kvstore_heartbeat",
+          "etcd", [{"etcd_stop": True}], "fail",
+          ["write cilium/.heartbeat to the etcd kvstore", "connection refused"], "fails at once",
+          "nothing else touched", "etcd is down: the heartbeat names the key and the error"),
+    _case("etcd-hang-identity-gc", "etcd", "hang past the timeout", "cilium_identity_gc", "etcd",
+          [_fault("etcd", action="hang", delay=HANG, path=r"^/v3/kv/range")], "fail",
+          ["list etcd keys under cilium/state/identities/v1/id/", "timed out"], "fails after etcd_timeout",
+          NOTHING, "etcd hangs: identity GC times out and deletes nothing", args={"etcd_timeout": 1}),
+    _case("etcd-500-txn-node-gc", "etcd", "HTTP 500 on the transaction", "cilium_node_gc", "etcd",
+          [_fault("etcd", status=500, body='{"error":"etcdserver: request timed out","code":14}',
+                  path=r"^/v3/kv/txn", skip=1)], "fail",
+          ["write to the etcd kvstore failed", "HTTP 500", "request timed out"],
+          "fails; what was not written is reported", "no node key deleted",
+          "The delete transaction fails: nothing is deleted, the rerun finishes", no_writes=False),
+    _case("etcd-503-identity-gc", "etcd", "HTTP 503 on the listing", "cilium_identity_gc", "etcd",
+          [_fault("etcd", status=503, body='{"error":"etcdserver: no leader","code":14}', path=r"^/v3/kv/range")],
+          "fail", ["list etcd keys under cilium/state/identities/v1/id/", "etcd HTTP 503", "no leader"],
+          "fails with the status and body", NOTHING, "etcd without a leader: identity GC deletes nothing"),
+    _case("etcd-403-lease-node-gc", "etcd", "HTTP 403 on the lock lease", "cilium_node_gc", "etcd",
+          [_fault("etcd", status=403, body='{"error":"etcdserver: permission denied","code":7}',
+                  path=r"^/v3/lease/grant")], "fail",
+          ["take the leader lock netreap/gc/v1/leader", "etcd POST", "HTTP 403", "permission denied"],
+          "fails before taking the lock", NOTHING, "A user without lease permission: no lock, no deletion"),
+    _case("etcd-404-node-gc", "etcd", "HTTP 404 where unexpected (wrong gateway path)", "cilium_node_gc", "etcd",
+          [_fault("etcd", status=404, body="404 page not found", path=r"^/v3/kv/range")], "fail",
+          ["list etcd keys under cilium/state/nodes/v1/default/", "etcd HTTP 404", "404 page not found"],
+          "fails with the status", NOTHING, "Something that is not etcd's gateway answers: nothing deleted"),
+    _case("etcd-429-node-gc", "etcd", "HTTP 429 burst on the listing", "cilium_node_gc", "etcd",
+          [_fault("etcd", status=429, body="too many requests", path=r"^/v3/kv/range", count=1)], "fail",
+          ["list etcd keys under cilium/state/nodes/v1/default/", "etcd HTTP 429"],
+          "fails (etcd requests are not retried); the next run converges", NOTHING,
+          "A rate-limiting proxy in front of etcd: the run stops cleanly"),
+    _case("etcd-garbage-identity-gc", "etcd", "non-JSON body", "cilium_identity_gc", "etcd",
+          [_fault("etcd", action="garbage", path=r"^/v3/kv/range")], "fail",
+          ["list etcd keys under cilium/state/identities/v1/id/", "etcd POST", "not valid JSON"],
+          "fails: the body is not JSON", NOTHING, "An HTML error page is not an empty kvstore"),
+    _case("etcd-truncated-txn-node-gc", "etcd", "truncated transaction answer", "cilium_node_gc", "etcd",
+          [_fault("etcd", action="truncate", path=r"^/v3/kv/txn", skip=1)], "fail",
+          ["write to the etcd kvstore failed", "connection failed"],
+          "fails; the transaction is reported as unconfirmed", "no node key deleted",
+          "The answer to the delete transaction is lost: reported as unconfirmed, settled by the rerun",
+          no_writes=False),
+    _case("etcd-empty-nodes-node-gc", "etcd", "empty listing of the node keys", "cilium_node_gc", "etcd",
+          [_fault("etcd", status=200, path=r"^/v3/kv/range", count=1, content_type="application/json",
+                  body='{"header":{"cluster_id":"1","member_id":"1","revision":"1","raft_term":"1"}}')],
+          "ok", [], "the plan is made again from a fresh read under the leader lock: only the stale "
+          "nodes marked earlier are deleted", "no live node key deleted",
+          "etcd once lists no node keys: the run re-reads under the lock before it deletes anything",
+          no_writes=False),
+
+    # -- reap.yml ----------------------------------------------------------------------------
+    _case("reap-consul-503", "consul", "HTTP 503 on every kvstore listing", "reap.yml", "consul",
+          [_fault("consul", status=503, body="No cluster leader", method="GET", path=KV_LIST)], "fail",
+          ["operator duties FAILED", "Collect kvstore nodes", "consul HTTP 503", "No cluster leader"],
+          "GC fails and the summary says why; node duties still run",
+          "no kvstore key deleted", "reap.yml with a leaderless Consul: the summary names the failure",
+          no_writes=False),
+    _case("reap-nomad-empty", "nomad", "empty node list", "reap.yml", "consul",
+          [_fault("nomad", status=200, body="[]", method="GET", path=r"^/v1/nodes(\?|$)",
+                  content_type="application/json")], "fail",
+          ["operator duties FAILED", "refusing to act: Nomad lists no nodes"],
+          "node GC refuses; the summary says so", "no node key deleted",
+          "reap.yml when Nomad lost its state: nothing is collected", no_writes=False),
+    _case("reap-etcd-stopped", "etcd", "connection refused (etcd stopped)", "reap.yml", "etcd",
+          [{"etcd_stop": True}], "fail",
+          ["operator duties FAILED", "Write the kvstore heartbeat", "write cilium/.heartbeat to the etcd kvstore",
+           "connection refused", "Collect kvstore nodes"],
+          "heartbeat and GC fail and the summary says why; the node duties still run (the policy "
+          "task fails too: an agent whose kvstore is down reports no version)",
+          "no kvstore key deleted", "reap.yml with etcd down: converges once etcd is back",
+          no_writes=False),
+]
+
+IDS = [c["id"] for c in CASES]
+assert len(IDS) == len(set(IDS)), "duplicate case id"
