@@ -371,6 +371,10 @@ def choose_method(requested, agent, static_dir):
         if caps["policy_methods"]:
             return caps["policy_methods"][0]
         if caps["version"] is None:
+            # An agent whose kvstore is down reports no version; a static policy directory works
+            # whatever the version (the agent has one only from 1.16), so use it when we know it.
+            if static_dir:
+                return "static-dir"
             raise PolicyFailure("the Cilium agent reports no version, so the apply method cannot be chosen: "
                                 "set method")
         if caps["static_policy_supported"]:

@@ -454,3 +454,17 @@ def test_guards_fail_clearly_and_change_nothing(lab_factory):
     result = run_module("cilium_policy", on_node(lab, node, from_consul=True))
     assert result.failed and "does not exist: nothing to apply" in result["msg"]
     assert writes(lab) == [] and os.listdir(node.static_policy_dir) == []
+
+
+def test_agent_with_kvstore_down_still_gets_policy_through_its_static_directory(lab_factory):
+    """An agent whose kvstore is down reports no version; the static directory needs none."""
+    import time
+    lab = lab_factory(nodes=1, cilium="1.19", kvstore="etcd", scenario="drift", heartbeat_timeout=0.3)
+    node = lab.nodes[0]
+    time.sleep(1.2)  # no heartbeat: the agent's kvstore state becomes Failure, its status loses the version
+    assert run_module("cilium_agent_info", {"cilium_socket": node.socket_path})["version"] is None
+    without_dir = run_module("cilium_policy", dict(consul(lab), cilium_socket=node.socket_path, rules=V4))
+    assert without_dir.failed and "reports no version" in without_dir["msg"]
+    result = run_module("cilium_policy", on_node(lab, node, rules=V4))
+    assert not result.failed, result["msg"]
+    assert result["method"] == "static-dir" and result["applied"]
