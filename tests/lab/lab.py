@@ -270,9 +270,12 @@ class Lab:
         if self.etcd is not None:
             group_vars["etcd_endpoints"] = [self.etcd.url]
         if self.tls:
-            # reap.yml's variables; client certificates reach the modules through lab.env.
-            group_vars.update(netreap_consul_ca_cert=self.tls_server.ca,
-                              netreap_nomad_ca_cert=self.tls_server.ca)
+            # reap.yml's TLS variables (lab.env carries the same as the CLIs' variables)
+            ca, cert, key = self.tls_server.ca, self.tls_client.cert, self.tls_client.key
+            for service in ("consul", "nomad", "etcd"):
+                group_vars.update({"netreap_%s_ca_cert" % service: ca,
+                                   "netreap_%s_client_cert" % service: cert,
+                                   "netreap_%s_client_key" % service: key})
         return {"all": {"children": {
             "cilium_nodes": {"hosts": hosts, "vars": group_vars},
             "reaper": {"hosts": {"reaper-controller": {

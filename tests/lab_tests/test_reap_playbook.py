@@ -17,11 +17,12 @@ CALLBACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "callback_p
 FAST_GC = ["-e", "netreap_node_gc_min_age=0", "-e", "netreap_identity_gc_min_age=0"]
 
 
-def reap(lab, *args, check=False):
+def reap(lab, *args, check=False, lab_env=True):
     """Run reap.yml with the json callback; returns (rc, parsed output)."""
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="lab_json", ANSIBLE_CALLBACK_PLUGINS=CALLBACKS,
                ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_HOST_KEY_CHECKING="false")
-    env.update(lab.env())
+    if lab_env:
+        env.update(lab.env())
     cmd = [os.path.join(BIN, "ansible-playbook"), "-i", os.path.join(lab.state_dir, "inventory.yml"),
            "netreap.cilium.reap"] + list(args) + (["--check"] if check else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
@@ -177,3 +178,14 @@ def test_reap_with_the_nomad_inventory_plugin(lab_factory, tmp_path):
     report = drift_report(lab)
     assert all(n["unlabelled endpoints"] == 0 and n["orphaned endpoints"] == 0
                for n in report["nodes"].values())
+
+
+def test_reap_over_mutual_tls_from_inventory_variables_alone(lab_factory):
+    """Consul, Nomad and the real etcd require client certificates; reap.yml passes the CA and
+    the client certificate from its variables (no TLS environment variables are set)."""
+    lab = lab_factory(nodes=1, cilium="1.19", kvstore="etcd", scenario="drift", tls="mtls")
+    rc, out = reap(lab, *FAST_GC, lab_env=False)
+    assert rc == 0, summary(out)
+    rc, out = reap(lab, *FAST_GC, lab_env=False)
+    assert rc == 0, summary(out)
+    assert clean(drift_report(lab)), drift_report(lab)
