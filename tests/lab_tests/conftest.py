@@ -9,6 +9,7 @@ import tempfile
 import pytest
 
 from ansible.module_utils import basic
+from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 
 from tests.lab.lab import Lab
@@ -35,12 +36,18 @@ def run_module(name, args, check_mode=False, diff=False):
 
     def exit_json(self, **kwargs):
         kwargs.setdefault("changed", False)
+        kwargs["warnings"] = list(ansible_warnings.get_warning_messages())
         raise _Exit(kwargs)
 
     def fail_json(self, msg, **kwargs):
         kwargs["failed"] = True
         kwargs["msg"] = msg
+        kwargs["warnings"] = list(ansible_warnings.get_warning_messages())
         raise _Exit(kwargs)
+
+    # Like a real module process, start without warnings (ansible keeps them in a process-wide,
+    # de-duplicated dict, so a message an earlier test emitted would otherwise not appear again).
+    ansible_warnings._global_warnings.clear()  # pylint: disable=protected-access
 
     original = basic.AnsibleModule.exit_json, basic.AnsibleModule.fail_json
     basic.AnsibleModule.exit_json, basic.AnsibleModule.fail_json = exit_json, fail_json

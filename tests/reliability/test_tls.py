@@ -146,8 +146,8 @@ def run_identity_gc(lab, kvstore, args):
 
 def run_endpoint(lab, args):
     node = lab.nodes[0]
-    result = run_module("cilium_endpoint", dict(args, cilium_socket=node.socket_path,
-                                                 nomad_node_id=node.node_id), check_mode=True)
+    args = dict(args, cilium_socket=node.socket_path, nomad_node_id=node.node_id)
+    result = run_module("cilium_endpoint", args, check_mode=True)
     assert not result.failed, result
     assert result["requests"]["nomad"] >= 1
     assert result["reaped"] and result["labelled"], result  # drift: work found through Nomad
