@@ -9,7 +9,6 @@ import tempfile
 import pytest
 
 from ansible.module_utils import basic
-from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 
 from tests.lab.lab import Lab
@@ -34,23 +33,29 @@ def run_module(name, args, check_mode=False, diff=False):
     args["_ansible_check_mode"] = check_mode
     args["_ansible_diff"] = diff
 
+    warnings = []
+    previous_warn = basic.AnsibleModule.warn  # a test may have patched it to watch warnings too
+
+    def warn(self, warning, *args, **kwargs):
+        warnings.append(warning)
+        previous_warn(self, warning, *args, **kwargs)
+
     def exit_json(self, **kwargs):
         kwargs.setdefault("changed", False)
-        kwargs["warnings"] = list(ansible_warnings.get_warning_messages())
+        kwargs["warnings"] = list(warnings)
         raise _Exit(kwargs)
 
     def fail_json(self, msg, **kwargs):
         kwargs["failed"] = True
         kwargs["msg"] = msg
-        kwargs["warnings"] = list(ansible_warnings.get_warning_messages())
+        kwargs["warnings"] = list(warnings)
         raise _Exit(kwargs)
 
-    # Like a real module process, start without warnings (ansible keeps them in a process-wide,
-    # de-duplicated dict, so a message an earlier test emitted would otherwise not appear again).
-    ansible_warnings._global_warnings.clear()  # pylint: disable=protected-access
-
-    original = basic.AnsibleModule.exit_json, basic.AnsibleModule.fail_json
-    basic.AnsibleModule.exit_json, basic.AnsibleModule.fail_json = exit_json, fail_json
+    # module.warn() is captured here: where it ends up otherwise depends on what else ran in this
+    # process (a controller-side Display prints it instead of keeping it).
+    original = basic.AnsibleModule.exit_json, basic.AnsibleModule.fail_json, basic.AnsibleModule.warn
+    basic.AnsibleModule.exit_json, basic.AnsibleModule.fail_json, basic.AnsibleModule.warn = \
+        exit_json, fail_json, warn
     try:
         with patch_module_args(args):
             module.main()
@@ -58,7 +63,7 @@ def run_module(name, args, check_mode=False, diff=False):
         # round-trip through JSON like Ansible would, so results are plain data
         return ModuleResult(json.loads(json.dumps(done.result, default=str)))
     finally:
-        basic.AnsibleModule.exit_json, basic.AnsibleModule.fail_json = original
+        basic.AnsibleModule.exit_json, basic.AnsibleModule.fail_json, basic.AnsibleModule.warn = original
     raise AssertionError("module %s returned without exit_json/fail_json" % name)
 
 
