@@ -414,6 +414,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     def _failure(exc):
         if exc.kind == "http":
             detail = "HTTP %s: %s" % (exc.status, exc.body.strip() or "(empty body)")
+            if getattr(exc, "hint", None):
+                detail += " (%s)" % exc.hint
         else:
             detail = exc.describe().split(": ", 1)[-1]
         # The URL is shown decoded, so the filter expression reads as written.

@@ -275,6 +275,12 @@ def test_token_option_wins_over_environment(tmp_path, cluster):
     assert from_env.hosts == ["n1"]
     anonymous = inventory(tmp_path, {"nomad_address": c.url}, expect_ok=False)
     assert "HTTP 403: Permission denied" in anonymous.proc.stderr
+    # a token with node:read (the plugin's whole documented need) works; one without says what is missing
+    agent_only = c.sim.add_token("agent-3333-token", node=None, agent="read")
+    lacking = inventory(tmp_path, {"nomad_address": c.url, "nomad_token": agent_only}, expect_ok=False,
+                        env={"ANSIBLE_DISPLAY_TRACEBACK": "never", "COLUMNS": "1000"}, args=["-vvv"])
+    assert "the Nomad token lacks node:read" in lacking.proc.stderr
+    assert agent_only not in lacking.proc.stdout + lacking.proc.stderr
     for run in (ok, refused, from_env, anonymous):
         assert good not in run.proc.stdout + run.proc.stderr
         assert bad not in run.proc.stdout + run.proc.stderr
