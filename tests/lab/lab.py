@@ -6,10 +6,13 @@
 ``<state_dir>/control.sock``.  Test infrastructure: never imported by product code.
 """
 
+import contextlib
 import json
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 
 from tests.lab import httpd
 from tests.lab.cilium import PROFILES, CiliumAgentSim
@@ -294,3 +297,25 @@ class Lab:
             handle.write("# Written by `python -m tests.lab up`; one host per simulated Nomad client.\n")
             json.dump(self.inventory(), handle, indent=2)
             handle.write("\n")
+
+
+@contextlib.contextmanager
+def lab_pool(prefix="lab-"):
+    """Yield ``make(**Lab kwargs)``: each call starts a lab in a new short temp dir (unix socket
+    paths must stay short); every lab is stopped and its dir removed when the block ends."""
+    labs = []
+
+    def make(**kwargs):
+        state_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+        labs.append((None, state_dir))
+        lab = Lab(state_dir, **kwargs).start()
+        labs[-1] = (lab, state_dir)
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab, state_dir in labs:
+            if lab is not None:
+                lab.stop()
+            shutil.rmtree(state_dir, ignore_errors=True)

@@ -3,7 +3,6 @@ with given arguments, capturing what it would return to Ansible."""
 
 import importlib
 import json
-import shutil
 import tempfile
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
-from tests.lab.lab import Lab
+from tests.lab.lab import lab_pool
 
 
 class ModuleResult(dict):
@@ -70,18 +69,8 @@ def run_module(name, args, check_mode=False, diff=False):
 @pytest.fixture
 def lab_factory():
     """``lab_factory(**Lab kwargs)`` starts a lab in a short temp dir; all are stopped at teardown."""
-    labs = []
-
-    def make(**kwargs):
-        state_dir = tempfile.mkdtemp(prefix="lab-", dir="/tmp")
-        lab = Lab(state_dir, **kwargs).start()
-        labs.append((lab, state_dir))
-        return lab
-
-    yield make
-    for lab, state_dir in labs:
-        lab.stop()
-        shutil.rmtree(state_dir, ignore_errors=True)
+    with lab_pool("lab-") as make:
+        yield make
 
 
 @pytest.fixture

@@ -34,6 +34,17 @@ def reap(lab, *args, check=False, lab_env=True):
     return proc.returncode, out
 
 
+def reap_together(lab, *args, runs=2):
+    """Start ``runs`` reap.yml runs at once; returns their ``(rc, output)`` once all ended."""
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(reap(lab, *args))) for unused in range(runs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def task_results(out, task_name):
     """``{host: result}`` of the first task whose name starts with ``task_name``."""
     for play in out["plays"]:
@@ -134,16 +145,7 @@ def test_two_overlapping_runs_collect_garbage_once(lab_factory):
     stale_before = set(lab.kv.node_names())
     # slow every write transaction down so that the two runs overlap while one holds the lock
     lab.consul.faults.add(httpd.Fault(action="delay", delay=1.0, method="PUT", path="^/v1/txn", count=None))
-    results = []
-
-    def run():
-        results.append(reap(lab, *FAST_GC, "--tags", "netreap_gc"))
-
-    threads = [threading.Thread(target=run) for unused in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = reap_together(lab, *FAST_GC, "--tags", "netreap_gc")
     assert [rc for rc, unused in results] == [0, 0]
     gc = [task_results(out, "Collect kvstore nodes")["reaper-controller"] for unused, out in results]
     deleted = [item for result in gc for item in result.get("deleted", [])]

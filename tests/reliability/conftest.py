@@ -1,31 +1,18 @@
 """Shared fixtures of the reliability suite (fault matrix, concurrency); names start with ``fm_``."""
 
-import shutil
-import tempfile
-
 import pytest
 
 from ansible.module_utils import basic
 
 from ansible_collections.netreap.cilium.plugins.module_utils import _http
-from tests.lab.lab import Lab
+from tests.lab.lab import lab_pool
 
 
 @pytest.fixture
 def fm_lab_factory():
     """``fm_lab_factory(**Lab kwargs)``: labs in short temp dirs, all stopped at teardown."""
-    labs = []
-
-    def make(**kwargs):
-        state_dir = tempfile.mkdtemp(prefix="fm-", dir="/tmp")
-        lab = Lab(state_dir, **kwargs).start()
-        labs.append((lab, state_dir))
-        return lab
-
-    yield make
-    for lab, state_dir in labs:
-        lab.stop()
-        shutil.rmtree(state_dir, ignore_errors=True)
+    with lab_pool("fm-") as make:
+        yield make
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -31,7 +30,7 @@ from tests.lab_tests.conftest import (
     run_module,
     run_module_subprocess,
 )
-from tests.lab_tests.test_reap_playbook import FAST_GC, reap, task_results
+from tests.lab_tests.test_reap_playbook import FAST_GC, reap, reap_together, task_results
 
 RETIRED = ["nomad-client-retired-1", "nomad-client-retired-2"]
 CONSUL_LOCK = "service/netreaper/leader"
@@ -72,16 +71,7 @@ def test_two_reap_runs_started_together_collect_each_key_once(fm_lab_factory, pr
     assert rc == 0
     assert sorted(set(RETIRED) & set(lab.kv.node_names())) == RETIRED
     identities_before = set(lab.kv.identities())
-    results = []
-
-    def run():
-        results.append(reap(lab, *extra))
-
-    threads = [threading.Thread(target=run) for unused in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = reap_together(lab, *extra)
     assert [rc for rc, unused in results] == [0, 0]
     for task, expected in (("Collect kvstore nodes", 2), ("Collect identities", 3)):
         gc = [task_results(out, task)["reaper-controller"] for unused, out in results]
