@@ -1,13 +1,15 @@
 """Requests and wall time of cilium_endpoint on a lab node with 1,000 endpoints, next to Netreap.
 
-    cd /work/main && PYTHONPATH=/tmp/devcoll:/work/main .venv/bin/python benchmarks/bench_endpoint.py [--endpoints 1000]
+    .venv/bin/python -m benchmarks.bench_endpoint [--endpoints 1000]
+
+(from the repository root, after ``bash scripts/setup.sh``).
 
 Builds a one-node lab, places N allocations (10 jobs) with their Cilium endpoints, and measures
 three situations: every endpoint unlabelled (first run after Nomad's CNI calls), every endpoint
 already right (steady state), and steady state plus a few new and a few orphaned endpoints.
 
-Netreap is not run (it is a Go daemon); its startup reconcile (cilium.md section 6.1,
-``reapers/endpoints.go``) is replayed request for request against the same lab: agent/self,
+Netreap is not run (it is a Go daemon); its startup reconcile (cosmonic-labs/netreap at
+f3bac8c, ``reapers/endpoints.go``) is replayed request for request against the same lab: agent/self,
 GET /endpoint, then ``GET /v1/allocation/<container-id>`` for *every* endpoint with a container
 ID, then PATCH where labels differ.  It never deletes endpoints, so orphans stay.
 """
@@ -20,7 +22,9 @@ import tempfile
 import time
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._env import prepare
+
+prepare()
 
 from ansible_collections.netreap.cilium.plugins.module_utils._cilium import CiliumClient  # noqa: E402
 from ansible_collections.netreap.cilium.plugins.module_utils._endpoint_plan import (  # noqa: E402

@@ -6,15 +6,15 @@ no longer knows (9,000 live Nomad nodes), then
 1. runs netreap.cilium.cilium_node_gc twice (mark, then sweep; min_age 0) and reports the HTTP
    requests each run made (per service, from the module's own counters and the lab's request log)
    and the wall time;
-2. counts what Netreap's reconcile needs for the same work, from its source as described in
-   docs/reference (cilium.md §6.3, reapers/nodes.go): one Nomad node list (the Go client does not
+2. counts what Netreap's reconcile needs for the same work, from its source (cosmonic-labs/netreap
+   at f3bac8c, ``reapers/nodes.go``): one Nomad node list (the Go client does not
    paginate), one Consul KV list of the prefix and one DELETE per stale key;
 3. replays that algorithm on the same lab (the 1,000 stale keys written again) to measure its
    requests and wall time too, and prints the ratio.
 
-Not a test: nothing is asserted.  Usage (from the repository root):
+Not a test: nothing is asserted.  Usage (from the repository root, after ``bash scripts/setup.sh``):
 
-    .venv/bin/python benchmarks/bench_node_gc.py [--kvstore consul|etcd] [--nodes 10000] [--stale 1000]
+    .venv/bin/python -m benchmarks.bench_node_gc [--kvstore consul|etcd] [--nodes 10000] [--stale 1000]
 """
 
 import argparse
@@ -24,25 +24,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _importable_collection():
-    """Make ``ansible_collections.netreap.cilium`` importable from a plain checkout."""
-    sys.path.insert(0, ROOT)
-    try:
-        import ansible_collections.netreap.cilium.plugins.module_utils._kvstore  # noqa: F401
-        return None
-    except ImportError:
-        pass
-    tree = tempfile.mkdtemp(prefix="bench-coll-", dir="/tmp")
-    os.makedirs(os.path.join(tree, "ansible_collections", "netreap"))
-    os.symlink(ROOT, os.path.join(tree, "ansible_collections", "netreap", "cilium"))
-    sys.path.insert(0, tree)
-    for name in [m for m in sys.modules if m == "ansible_collections" or m.startswith("ansible_collections.")]:
-        del sys.modules[name]
-    return tree
-
+from benchmarks._env import prepare
 
 def build(lab, total, stale):
     """``total`` node keys in the kvstore, ``total - stale`` of them known to Nomad."""
@@ -129,7 +111,7 @@ def main():
     parser.add_argument("--nodes", type=int, default=10000, help="node keys in the kvstore")
     parser.add_argument("--stale", type=int, default=1000, help="of which Nomad does not know")
     options = parser.parse_args()
-    tree = _importable_collection()
+    prepare()
     from tests.lab.lab import Lab
     from tests.lab_tests.conftest import kvstore_args
 
@@ -188,8 +170,6 @@ def main():
     finally:
         lab.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
-        if tree:
-            shutil.rmtree(tree, ignore_errors=True)
 
 
 if __name__ == "__main__":

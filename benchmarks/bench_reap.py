@@ -1,8 +1,7 @@
 """Benchmark: reap.yml on a lab of many Nomad clients with many endpoints each.
 
     bash scripts/setup.sh
-    PATH=$PWD/.venv/bin:$PATH ANSIBLE_COLLECTIONS_PATH=build/collections \
-        .venv/bin/python -m benchmarks.bench_reap [--nodes 100] [--endpoints 100] [--forks 25] [--strategy linear]
+    .venv/bin/python -m benchmarks.bench_reap [--nodes 100] [--endpoints 100] [--forks 25] [--strategy linear]
 
 Builds a lab (Cilium 1.16, Consul kvstore) where every node has N running allocations whose
 endpoints still carry no labels, plus a stale kvstore node, then runs reap.yml phase by phase
@@ -20,8 +19,11 @@ import sys
 import tempfile
 import time
 
-from tests.lab.lab import Lab
-from tests.lab.scenarios import POLICY_KEY, POLICY_V2
+from benchmarks._env import prepare
+
+prepare()
+from tests.lab.lab import Lab  # noqa: E402
+from tests.lab.scenarios import POLICY_KEY, POLICY_V2  # noqa: E402
 
 PHASES = (("policy", "netreap_policy"), ("endpoints", "netreap_endpoints"), ("gc", "netreap_gc"))
 

@@ -58,4 +58,7 @@ fi
 # ansible-test lists files with git when inside a work tree; the copy lives in this repository's
 # ignored build/ dir, so give it a repository of its own (untracked files are found too).
 [ -d "$DEST/.git" ] || git -C "$DEST" init -q
-echo "setup: .venv ready ($(.venv/bin/ansible --version | head -n1)), collection at $DEST"
+# Read the whole version text first: piping it into `head` can close the pipe while ansible
+# still writes, which ansible reports as an unexpected BrokenPipeError.
+version=$(.venv/bin/ansible --version)
+echo "setup: .venv ready (${version%%$'\n'*}), collection at $DEST"

@@ -49,6 +49,23 @@ def test_tarball_leaves_out_test_output_and_ci(installed):
     assert not [n for n in names if n.startswith(("tests/output", ".ci", ".venv", "build/", ".lab"))]
 
 
+# What a user's installed collection holds at its top level; development files (benchmarks,
+# the oracle's Go source, the contributor guide, setup and CI scripts) stay in the repository.
+TARBALL_TOP_LEVEL = {"MANIFEST.json", "FILES.json", "README.md", "COPYING", "meta", "plugins",
+                     "roles", "playbooks", "extras", "extensions", "docs", "changelogs", "tests",
+                     ".ansible-lint"}
+
+
+def test_tarball_holds_only_collection_content(installed):
+    import tarfile
+    with tarfile.open(installed[0]) as tar:
+        names = tar.getnames()
+    top = {name.split("/", 1)[0] for name in names if name not in (".", "")}
+    assert top <= TARBALL_TOP_LEVEL, sorted(top - TARBALL_TOP_LEVEL)
+    assert "COPYING" in top and "README.md" in top
+    assert not [n for n in names if n.startswith(("benchmarks", "tools/", "scripts/")) or n == "CONTRIBUTING.md"]
+
+
 def test_ansible_doc_renders(installed):
     env = installed[1]
     out = run([tool("ansible-doc"), "netreap.cilium.cilium_agent_info"], env=env)
