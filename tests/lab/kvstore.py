@@ -1,4 +1,8 @@
-"""The Cilium kvstore as agents write it, in the lab's Consul or in the real etcd (reference §3).
+"""The Cilium kvstore as agents write it, in the lab's Consul or in the real etcd.
+
+Layout, encodings and heartbeat rules follow Cilium 1.15-1.18 (``pkg/kvstore/``,
+``pkg/kvstore/allocator/allocator.go``, ``pkg/node/types/node.go``, ``pkg/ipcache/kvstore.go``),
+recorded with their releases in docs/upstream.md#kvstore-layout and the entries after it.
 
 Two small backends with the same five calls (``put``, ``get``, ``delete``, ``list``,
 ``revision_of``) and, on top, ``CiliumKVStore`` which writes node keys, identity master/value
@@ -17,6 +21,8 @@ import urllib.request
 # unix socket) when modules run in the test process, and urlopen() would use it.
 _OPENER = urllib.request.build_opener()
 
+# docs/upstream.md#kvstore-layout (pkg/node/store/store.go, pkg/identity/cache/allocator.go,
+# pkg/ipcache/kvstore.go, pkg/kvstore/kvstore.go; same in 1.15-1.18).
 NODES = "cilium/state/nodes/v1/"
 IDS = "cilium/state/identities/v1/id/"
 VALUES = "cilium/state/identities/v1/value/"
@@ -25,7 +31,11 @@ HEARTBEAT = "cilium/.heartbeat"
 
 
 class ConsulBackend:
-    """Writes straight into a ConsulSim's state (the agents' Consul sessions are not modelled)."""
+    """Writes straight into a ConsulSim's state (the agents' Consul sessions are not modelled).
+
+    Like Cilium <= 1.16, whose Consul keys are not bound to its session and never expire
+    (pkg/kvstore/consul.go ``Update``/``createOnly``; docs/upstream.md#kvstore-leases).
+    """
 
     encode_keys = True
 
@@ -56,7 +66,11 @@ class ConsulBackend:
 
 
 class EtcdBackend:
-    """Talks to the real etcd through its JSON gateway (stdlib only)."""
+    """Talks to the real etcd through its JSON gateway (stdlib only).
+
+    Keys are written without a lease: Cilium attaches its agent lease to node, ipcache and value
+    keys (docs/upstream.md#kvstore-leases); lease expiry of a dead agent is not modelled.
+    """
 
     encode_keys = False
 
@@ -106,17 +120,24 @@ class EtcdBackend:
 
 
 def consul_encode(text):
-    """Cilium's kvstore Encode for Consul: Go base64.URLEncoding (padded)."""
+    """Cilium's kvstore Encode for Consul: Go base64.URLEncoding (padded).
+
+    pkg/kvstore/consul.go ``Encode`` (1.15, 1.16); docs/upstream.md#kvstore-identity-keys.
+    """
     return base64.urlsafe_b64encode(text.encode()).decode()
 
 
 def mask_b64(prefixlen, bits=32):
+    # net.IPNet's Mask marshals as base64 bytes (docs/upstream.md#kvstore-node-keys).
     mask = (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF if bits == 32 else 0
     return base64.b64encode(mask.to_bytes(4, "big")).decode()
 
 
 def labels_key(labels):
-    """Sorted ``source:key=value;`` concatenation (reference §3.2)."""
+    """Sorted ``source:key=value;`` concatenation.
+
+    pkg/labels/labels.go ``SortedList`` (1.15-1.18); docs/upstream.md#kvstore-identity-keys.
+    """
     return "".join("%s;" % label for label in sorted(labels))
 
 
@@ -142,6 +163,7 @@ class CiliumKVStore:
 
     def write_node(self, name, internal_ip, alloc_cidr, health_ip=None, cluster=None):
         net = ipaddress.ip_network(alloc_cidr)
+        # Go field names of pkg/node/types/node.go Node (1.16); docs/upstream.md#kvstore-node-keys.
         node = {
             "Name": name, "Cluster": cluster or self.cluster_name,
             "IPAddresses": [{"Type": "InternalIP", "IP": internal_ip},
@@ -162,6 +184,7 @@ class CiliumKVStore:
 
     # -- identities -------------------------------------------------------------------------
     def id_range(self):
+        # pkg/identity/numericidentity.go; docs/upstream.md#kvstore-identity-keys.
         if self.cluster_id == 0:
             return 256, 65535
         return self.cluster_id << 16, ((self.cluster_id + 1) << 16) - 1
@@ -192,7 +215,11 @@ class CiliumKVStore:
         return uses
 
     def allocate(self, lkey, node_suffix):
-        """What an agent does for a new label set: reuse or create the master key, add a use."""
+        """What an agent does for a new label set: reuse or create the master key, add a use.
+
+        Lab choice: the lowest free ID, for reproducible tests; Cilium leases a random free ID
+        (pkg/idpool/idpool.go ``LeaseAvailableID``; docs/upstream.md#kvstore-identity-keys).
+        """
         with self._lock:
             existing = {v: k for k, v in self.identities().items()}
             identity = existing.get(lkey)
@@ -209,6 +236,7 @@ class CiliumKVStore:
 
     # -- ipcache ----------------------------------------------------------------------------
     def write_ipcache(self, ip, host_ip, identity, node_name, endpoint_id):
+        # IPIdentityPair (pkg/identity/identity.go, 1.16); docs/upstream.md#kvstore-ipcache.
         pair = {"IP": ip, "Mask": None, "HostIP": host_ip, "ID": identity, "Key": 0,
                 "Metadata": "cilium-global:default:%s:%s" % (node_name, endpoint_id)}
         self.backend.put(IPCACHE + ip, json.dumps(pair))
@@ -221,6 +249,7 @@ class CiliumKVStore:
         return self.backend.revision_of(HEARTBEAT)
 
     def write_heartbeat(self):
+        # RFC 3339, as cilium-operator writes it (pkg/kvstore/heartbeat/); agents never parse it.
         self.backend.put(HEARTBEAT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
@@ -239,11 +268,16 @@ class IdentityAllocator:
 
 
 class HeartbeatWatch:
-    """kvstore health as an etcd-backed agent sees it (reference §3.4).
+    """kvstore health as an etcd-backed agent sees it (docs/upstream.md#kvstore-heartbeat).
 
     The agent fails its quorum check when no heartbeat update arrived for ``timeout`` seconds
     (2 minutes in Cilium); the timer starts when the agent starts (newer agents).  After more than
     ``max_errors`` consecutive failed checks (one check per ``interval``) the state is Failure.
+
+    Source: pkg/kvstore/etcd.go ``statusChecker`` (1.17.10: timer started with the checker).
+    Differs from the agent: below the threshold the agent keeps state Ok with
+    ``has-quorum=<error>, consecutive-errors=<n>`` in its message, and its Failure message starts
+    with ``Err: `` (same file, 1.16.7-1.18.10) -- the lab answers Warning and no prefix.
     """
 
     def __init__(self, kvstore, timeout=120.0, interval=None, max_errors=2, clock=time.monotonic):
