@@ -3,10 +3,11 @@
 An API-faithful, in-process model of one Consul server agent (leader of a one-node cluster):
 KV with CAS, locks, tombstones and blocking queries; atomic ``/v1/txn``; sessions with TTL,
 lock-delay and release/delete behaviour; token ACLs with Consul's wording; ``/v1/status/*`` and
-``/v1/agent/self``.  Behaviour follows /work/shared/reference/nomad-consul.md sections 6-10 and
-Consul's own source (``agent/kvs_endpoint.go``, ``agent/consul/state/kvs.go``, ``state/txn.go``,
-``agent/session_endpoint.go``, ``agent/blockingquery``).  Where the reference marks something
-UNCONFIRMED, the choice made here is commented at the place it is made.
+``/v1/agent/self``.  Behaviour follows Consul 1.16.0 (tag ``v1.16.0`` of hashicorp/consul:
+``agent/kvs_endpoint.go``, ``agent/consul/state/kvs.go``, ``state/txn.go``,
+``agent/session_endpoint.go``, ``agent/blockingquery``), recorded in docs/upstream.md#consul-http
+and the entries after it; ``version`` switches the few differences by release.  Where a fact
+is UNCONFIRMED, the choice made here is commented at the place it is made.
 
 Time: TTLs and lock-delays run on the sim clock (``clock() + advance()`` offset) so tests can
 skip ahead; blocking-query waits run on real time because the HTTP client waits in real time.
@@ -27,7 +28,7 @@ from urllib.parse import quote_plus
 from . import httpd
 
 # --------------------------------------------------------------------------------------------
-# Constants taken from Consul
+# Constants taken from Consul (v1.16.0; docs/upstream.md#consul-sessions, #consul-blocking)
 # --------------------------------------------------------------------------------------------
 
 ANONYMOUS_ACCESSOR_ID = "00000000-0000-0000-0000-000000000002"
@@ -506,8 +507,9 @@ class ConsulSim(httpd.Service):
         with self.lock:
             self._reap_expired_sessions()
         resp = super().dispatch(req)
-        # agent/http.go wrap(): set on every wrapped response since 1.9.  With ACLs disabled
-        # the agent's acl.default_policy config default is "allow".
+        # agent/http.go wrap(): set on every wrapped response since 1.9
+        # (docs/upstream.md#consul-http).  With ACLs disabled the agent's acl.default_policy
+        # config default is "allow".
         policy = self.default_policy if self.acl_enabled else "allow"
         resp.headers.setdefault("X-Consul-Default-ACL-Policy", policy)
         return resp
@@ -542,7 +544,7 @@ class ConsulSim(httpd.Service):
         return httpd.Response(status, body.encode("utf-8"), "application/json", headers)
 
     # ----------------------------------------------------------------------------------------
-    # Request parsing shared by endpoints (agent/http.go)
+    # Request parsing shared by endpoints (agent/http.go, v1.16.0; docs/upstream.md#consul-http)
     # ----------------------------------------------------------------------------------------
 
     @staticmethod
@@ -618,6 +620,7 @@ class ConsulSim(httpd.Service):
         headers = {"X-Consul-Index": str(max(index, 1)), "X-Consul-KnownLeader": "true",
                    "X-Consul-LastContact": "0"}
         # maskResultsFilteredByACLs: an anonymous caller is never told results were hidden.
+        # Sent from 1.11 only; 1.8.7 never sends it (docs/upstream.md#consul-acl-filtering).
         if filtered and opts is not None and opts.token:
             headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
         return headers
@@ -651,7 +654,7 @@ class ConsulSim(httpd.Service):
         return index, result
 
     # ----------------------------------------------------------------------------------------
-    # KV state (agent/consul/state/kvs.go)
+    # KV state (agent/consul/state/kvs.go, v1.16.0; docs/upstream.md#consul-kv)
     # ----------------------------------------------------------------------------------------
 
     def _kvs_max_index(self):
@@ -763,7 +766,7 @@ class ConsulSim(httpd.Service):
         return expires is not None and expires > self._now()
 
     # ----------------------------------------------------------------------------------------
-    # Sessions state
+    # Sessions state (agent/consul/state/session.go, v1.16.0; docs/upstream.md#consul-sessions)
     # ----------------------------------------------------------------------------------------
 
     def _invalidate_session(self, sid):
@@ -796,7 +799,7 @@ class ConsulSim(httpd.Service):
             self._invalidate_session(sid)
 
     # ----------------------------------------------------------------------------------------
-    # KV HTTP endpoint (agent/kvs_endpoint.go)
+    # KV HTTP endpoint (agent/kvs_endpoint.go, v1.16.0; docs/upstream.md#consul-kv)
     # ----------------------------------------------------------------------------------------
 
     def _kv_endpoint(self, req):
@@ -967,6 +970,7 @@ class ConsulSim(httpd.Service):
 
     # ----------------------------------------------------------------------------------------
     # Transactions (agent/txn_endpoint.go, agent/consul/txn_endpoint.go, state/txn.go)
+    # v1.16.0; docs/upstream.md#consul-txn
     # ----------------------------------------------------------------------------------------
 
     def _txn(self, req):
@@ -1207,6 +1211,7 @@ class ConsulSim(httpd.Service):
 
     # ----------------------------------------------------------------------------------------
     # Sessions HTTP endpoints (agent/session_endpoint.go, agent/consul/session_endpoint.go)
+    # v1.16.0; docs/upstream.md#consul-sessions
     # ----------------------------------------------------------------------------------------
 
     def _session_create(self, req):
@@ -1404,7 +1409,8 @@ class ConsulSim(httpd.Service):
             req, opts, lambda: [s for unused, s in sorted(self._sessions.items()) if s.node == node])
 
     # ----------------------------------------------------------------------------------------
-    # Status and agent
+    # Status and agent (agent/status_endpoint.go, agent/agent_endpoint.go, v1.16.0;
+    # docs/upstream.md#consul-status-agent).  The agent/self body is a subset of 1.16.0's.
     # ----------------------------------------------------------------------------------------
 
     def _status_leader(self, req):
