@@ -26,6 +26,12 @@ profile (``PROFILES``, 1.13 .. 1.19), and where it knowingly differs from the re
   the lab answer 429 immediately for requests beyond ``burst`` per limiter per second.
 
 Not modelled: datapath, BPF, the service/IPAM/ipcache APIs, identity GC, CRD mode, K8s.
+
+Upstream sources (cilium/cilium release branches 1.15-1.18, per release where they differ) are
+recorded in docs/upstream.md: transport and errors #cilium-api-transport, endpoint IDs
+#cilium-api-endpoint-ids, endpoint/identity API #cilium-api-endpoints, PATCH
+#cilium-api-patch-endpoint, rate limits #cilium-api-rate-limits, healthz #cilium-api-healthz,
+release differences #cilium-api-releases.
 """
 
 import copy
@@ -48,7 +54,7 @@ __all__ = ["PROFILES", "CiliumAgentSim", "InMemoryIdentityAllocator", "profile_f
 
 
 # --------------------------------------------------------------------------------------------
-# Version profiles
+# Version profiles (non-policy flags: docs/upstream.md#cilium-api-releases, #kvstore-backends)
 # --------------------------------------------------------------------------------------------
 
 def _profile(minor, patch):
@@ -120,7 +126,7 @@ def profile_for(version):
     return PROFILES[key]
 
 
-# Reserved identities (pkg/identity/numericidentity.go).
+# Reserved identities (pkg/identity/numericidentity.go; docs/upstream.md#cilium-api-labels).
 RESERVED_IDENTITIES = {
     "host": 1, "world": 2, "unmanaged": 3, "health": 4, "init": 5, "remote-node": 6,
     "kube-apiserver": 7, "ingress": 8, "world-ipv4": 9, "world-ipv6": 10,
@@ -129,7 +135,8 @@ RESERVED_IDENTITIES = {
 _ENDPOINT_STATES = ["waiting-for-identity", "not-ready", "waiting-to-regenerate", "regenerating",
                     "restoring", "ready", "disconnecting", "disconnected", "invalid"]
 
-# Default --labels filter (pkg/labelsfilter defaultLabelPrefixCfg): (source, regex, ignore).
+# Default --labels filter (pkg/labelsfilter/filter.go defaultLabelPrefixCfg, 1.16;
+# docs/upstream.md#cilium-api-patch-endpoint): (source, regex, ignore).
 _DEFAULT_LABEL_PREFIXES = [
     ("reserved", ".*", False),
     ("", re.escape("io.kubernetes.pod.namespace"), False),
@@ -146,13 +153,15 @@ _DEFAULT_LABEL_PREFIXES = [
     ("", r"etcd_node", True),
 ]
 
-# --api-rate-limit defaults: max wait per limiter, used in the 429 message only.
+# --api-rate-limit defaults: max wait per limiter, used in the 429 message only
+# (daemon/restapi/api_limits.go, 1.16; docs/upstream.md#cilium-api-rate-limits).
 _RATE_LIMIT_MAX_WAIT = {"endpoint-create": 60.0, "endpoint-delete": 0.0, "endpoint-get": 10.0,
                         "endpoint-patch": 15.0, "endpoint-list": 0.0}
 
 
 class LabelFilter:
-    """``--labels`` (pkg/labelsfilter): which endpoint labels are identity-relevant.
+    """``--labels`` (pkg/labelsfilter/filter.go ``filterLabels``, 1.16): which endpoint labels are
+    identity-relevant.
 
     ``label_filter=None`` is the agent default: everything is identity-relevant except the
     well-known noisy K8s prefixes (``io.kubernetes``, ``kubernetes.io``, ``pod-template-hash``,
@@ -205,7 +214,7 @@ class InMemoryIdentityAllocator:
     """Default identity allocator: stable numeric IDs per label key, reference counted.
 
     IDs start at 256 for cluster-id 0 and at ``cluster_id << 16`` otherwise, like the kvstore
-    allocator's local-cluster range.  ``release`` drops a reference; the ID stays bound to its
+    allocator's local-cluster range (docs/upstream.md#kvstore-identity-keys).  ``release`` drops a reference; the ID stays bound to its
     labels (master keys outlive their users until identity GC, which is not modelled here).
     """
 
@@ -269,7 +278,7 @@ _json_kind = httpd.json_kind
 
 
 # --------------------------------------------------------------------------------------------
-# Responses
+# Responses (go-openapi runtime, pkg/api/apierror.go; docs/upstream.md#cilium-api-transport)
 # --------------------------------------------------------------------------------------------
 
 def _model(obj, status=200, headers=None):
@@ -301,7 +310,7 @@ class _Reject(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# Endpoint state
+# Endpoint state (pkg/endpoint, api/v1/models; docs/upstream.md#cilium-api-endpoints)
 # --------------------------------------------------------------------------------------------
 
 class _Endpoint:
@@ -750,7 +759,10 @@ class CiliumAgentSim(httpd.Service):
                            "security-relevant": _model_strings(ep.identity_labels)}}
 
     def _lookup(self, raw_id):
-        """``endpointmanager.Lookup``: returns the endpoint or None; bad IDs raise 400."""
+        """``endpointmanager.Lookup``: returns the endpoint or None; bad IDs raise 400.
+
+        pkg/endpoint/id/id.go (1.15-1.18); docs/upstream.md#cilium-api-endpoint-ids.
+        """
         prefix, value = raw_id.split(":", 1) if ":" in raw_id else ("cilium-local", raw_id)
         known = {"cilium-local", "cilium-global", "container-id", "docker-endpoint", "container-name",
                  "pod-name", "ipv4", "ipv6"}
@@ -815,6 +827,8 @@ class CiliumAgentSim(httpd.Service):
     # ---------------------------------------------------------------- request plumbing -------
 
     def _rate_limiter(self, req):
+        # Limiter per request kind as in daemon/restapi/api_limits.go (1.16); the lab's 429 rule is
+        # a simplification, see the module docstring and docs/upstream.md#cilium-api-rate-limits.
         if not self._rate_limit:
             return None
         path = req.path
@@ -845,6 +859,7 @@ class CiliumAgentSim(httpd.Service):
                           % (_go_duration(wait), _go_duration(_RATE_LIMIT_MAX_WAIT[limiter])))
 
     def not_found(self, req):
+        # go-openapi router (docs/upstream.md#cilium-api-transport; texts UNCONFIRMED live).
         return _swagger_error(404, 404, "path %s was not found" % req.raw_path)
 
     def method_not_allowed(self, req):
@@ -889,7 +904,10 @@ class CiliumAgentSim(httpd.Service):
         # DELETE /v1/policy with 405 (method not allowed), not 404.
 
     def _body(self, req, param, required):
-        """Bind a JSON body parameter like go-openapi.  Returns (present, value)."""
+        """Bind a JSON body parameter like go-openapi.  Returns (present, value).
+
+        docs/upstream.md#cilium-api-transport (415/400/422 texts UNCONFIRMED against a live agent).
+        """
         if req.body:
             ctype = (req.header("content-type") or "application/octet-stream").split(";")[0].strip().lower()
             if ctype != "application/json":
@@ -957,6 +975,7 @@ class CiliumAgentSim(httpd.Service):
     # ------------------------------------------------------------------------- handlers ------
 
     def _kv_status(self):
+        # Message shapes of pkg/kvstore/etcd.go / consul.go status (docs/upstream.md#cilium-api-healthz).
         if self._kvstore_status is not None:
             state, msg = self._kvstore_status()
             return {"state": state, "msg": msg}
@@ -975,6 +994,8 @@ class CiliumAgentSim(httpd.Service):
                 "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, "cilium-sim/%s/%s" % (self.node_name, name)))}
 
     def _h_healthz(self, req):
+        # daemon/cmd/status.go (<= 1.17), pkg/status/status_collector.go (1.18+);
+        # docs/upstream.md#cilium-api-healthz.
         self.sync_static_policies()
         with self.lock:
             self._retry_pending()
@@ -1013,6 +1034,8 @@ class CiliumAgentSim(httpd.Service):
         return _model(status)  # 200 even when degraded; `cilium status` derives its exit code
 
     def _h_config(self, req):
+        # DaemonConfiguration (api/v1/models; docs/upstream.md#cilium-api-endpoints).  The option
+        # values and daemonConfigurationMap keys are a plausible subset (UNCONFIRMED per release).
         options = {"Conntrack": "Enabled", "ConntrackAccounting": "Enabled", "Debug": "Disabled",
                    "DebugLB": "Disabled", "DropNotification": "Enabled", "MonitorAggregationLevel": "Medium",
                    "PolicyAuditMode": "Disabled", "PolicyTracing": "Disabled",
@@ -1050,6 +1073,7 @@ class CiliumAgentSim(httpd.Service):
         })
 
     def _h_endpoint_list(self, req):
+        # Labels filter in the body (api/v1/openapi.yaml; docs/upstream.md#cilium-api-endpoints).
         labels = self._labels_body(req)
         with self.lock:
             self._retry_pending()
@@ -1104,6 +1128,7 @@ class CiliumAgentSim(httpd.Service):
         return _empty(201)
 
     def _h_endpoint_patch(self, req):
+        # pkg/endpoint/api.go ProcessChangeRequest (1.15-1.18); docs/upstream.md#cilium-api-patch-endpoint.
         body = self._change_request(req)  # NewEndpointFromChangeModel validates before the lookup
         with self.lock:
             ep = self._lookup(req.params["id"])
@@ -1152,6 +1177,7 @@ class CiliumAgentSim(httpd.Service):
         return _empty(200)
 
     def _h_endpoint_batch_delete(self, req):
+        # 1.15+ (docs/upstream.md#cilium-api-endpoint-ids, first patch UNCONFIRMED).
         _present, body = self._body(req, "endpoint", True)
         if not isinstance(body, dict):
             self._type_error("endpoint", body, "models.EndpointBatchDeleteRequest")
@@ -1176,6 +1202,7 @@ class CiliumAgentSim(httpd.Service):
             return _model(self._label_config_model(ep))
 
     def _h_labels_patch(self, req):
+        # Desired user labels, diffed by the agent (docs/upstream.md#cilium-api-endpoints).
         _present, body = self._body(req, "configuration", True)
         if body is None:
             body = {}
@@ -1213,6 +1240,7 @@ class CiliumAgentSim(httpd.Service):
         return out
 
     def _h_identity_list(self, req):
+        # api/v1/openapi.yaml GET /identity (docs/upstream.md#cilium-api-endpoints).
         labels = self._labels_body(req)
         with self.lock:
             identities = self._identities()
