@@ -204,6 +204,7 @@ lock:
   sample: {"key": "netreap/gc/v1/leader", "acquired": true}
 """
 
+import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -224,6 +225,7 @@ from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc import 
     identity_range,
     plan_identity_gc,
     rate_windows,
+    value_must_match_id,
 )
 
 
@@ -236,6 +238,7 @@ def main():
         rate_interval=dict(type="float", default=60.0),
         max_delete=dict(type="int"),
         max_delete_percent=dict(type="float"),
+        cilium_version=dict(type="str"),
     )
     argument_spec.update(KVSTORE_ARGUMENT_SPEC)
     argument_spec.update(GC_ARGUMENT_SPEC)
@@ -245,6 +248,8 @@ def main():
     max_cluster = params["max_connected_clusters"]
     if not 0 <= params["cluster_id"] <= max_cluster:
         problems.append("cluster_id must be between 0 and %d" % max_cluster)
+    if params["cilium_version"] is not None and not re.match(r"^v?\d+\.\d+\.\d+$", params["cilium_version"]):
+        problems.append("cilium_version must be a release such as 1.18.10, not %r" % params["cilium_version"])
     if params["rate_limit"] < 0 or params["rate_interval"] < 0:
         problems.append("rate_limit and rate_interval must not be negative")
     problem = "; ".join(p for p in problems if p)
@@ -260,11 +265,16 @@ def main():
         ids = read_prefix(kv, IDS_PREFIX)
         values = read_prefix(kv, VALUES_PREFIX)
         marks = read_prefix(kv, identity_marks_prefix(params["gc_state_prefix"]))
-        return plan_identity_gc(ids, values, marks, time.time(), id_range=id_range,
+        plan = plan_identity_gc(ids, values, marks, time.time(), id_range=id_range,
                                 encoded=kv.encodes_keys, min_age=params["min_age"],
                                 max_delete=params["max_delete"],
                                 max_delete_percent=params["max_delete_percent"],
-                                state_prefix=params["gc_state_prefix"])
+                                state_prefix=params["gc_state_prefix"],
+                                match_id=value_must_match_id(params["cilium_version"]))
+        if plan.of("mark") or plan.of("delete"):
+            # an identity looks unused: only if no value key can have been hidden from us
+            kv.check_listings_complete()
+        return plan
 
     GCRun(module, kv, "cilium_identity_gc", default_lock_key(params)).execute(
         read_and_plan, windows=lambda plan: rate_windows(len(plan.of("delete")), params["rate_limit"]),

@@ -102,6 +102,14 @@ def _profile(minor, patch):
         "enable_default_deny_field": minor >= 16,
         # --tunnel was replaced by --routing-mode/--tunnel-protocol (deprecated 1.14, gone 1.15).
         "tunnel_flag": minor <= 14,
+        # The etcd heartbeat check (tests/lab/kvstore.py HeartbeatWatch,
+        # docs/upstream.md#cilium-heartbeat-per-release): any watch event resets the timer up to
+        # 1.16, the timer starts at agent start in 1.17, clustermesh clients only from 1.18.
+        "heartbeat_check": ("watch-events" if minor <= 16 else "agent-start" if minor == 17
+                            else "clustermesh-only"),
+        # /v1/healthz before every status probe ran once: 1.19 answers "Not all probes executed
+        # at least once" without the version (daemon/cmd/status.go).
+        "probes_pending_status": minor >= 19,
     }
 
 
@@ -390,6 +398,7 @@ class CiliumAgentSim(httpd.Service):
             {"etcd.config": "/var/lib/cilium/etcd-config.yml"} if kvstore == "etcd"
             else {"consul.address": "127.0.0.1:8500"})
         self._kvstore_status = kvstore_status
+        self.probes_pending = False  # True: a 1.19 agent whose status probes have not all run yet
         self.cluster_name = cluster_name
         self.cluster_id = cluster_id
         self.node_ip = node_ip
@@ -1026,11 +1035,17 @@ class CiliumAgentSim(httpd.Service):
                 }
                 if status["proxy"] is None:
                     del status["proxy"]
-            if kv["state"] != "Ok":
-                status["cilium"] = {"state": kv["state"], "msg": "Kvstore service is not ready: " + kv["msg"]}
+            # daemon/cmd/status.go (docs/upstream.md#cilium-healthz-version): the message carries
+            # the version in every state except 1.19's "Not all probes executed at least once".
+            version = self.profile["full_version"]
+            version_msg = "%s (v%s-%s)" % (version, version, _GIT_REVISION)
+            if self.probes_pending and self.profile["probes_pending_status"]:
+                status["cilium"] = {"state": "Warning", "msg": "Not all probes executed at least once"}
+            elif kv["state"] not in ("Ok", "Disabled"):
+                status["cilium"] = {"state": kv["state"],
+                                    "msg": "%s    Kvstore service is not ready: %s" % (version_msg, kv["msg"])}
             else:
-                version = self.profile["full_version"]
-                status["cilium"] = {"state": "Ok", "msg": "%s (v%s-%s)" % (version, version, _GIT_REVISION)}
+                status["cilium"] = {"state": "Ok", "msg": version_msg}
         return _model(status)  # 200 even when degraded; `cilium status` derives its exit code
 
     def _h_config(self, req):

@@ -119,6 +119,24 @@ class EtcdBackend:
                 for kv in self._range(prefix, end)}
 
 
+def go_path_clean(path):
+    """Go's path.Clean, as Cilium's path.Join applies it to every key it builds."""
+    rooted = path.startswith("/")
+    out = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if out and out[-1] != "..":
+                out.pop()
+            elif not rooted:
+                out.append("..")
+            continue
+        out.append(part)
+    cleaned = "/".join(out)
+    return "/" + cleaned if rooted else (cleaned or ".")
+
+
 def consul_encode(text):
     """Cilium's kvstore Encode for Consul: Go base64.URLEncoding (padded).
 
@@ -200,10 +218,27 @@ class CiliumKVStore:
         self.backend.put(IDS + str(identity), self._enc(lkey))
 
     def value_key(self, lkey, node_suffix):
-        return "%s%s/%s" % (VALUES, self._enc(lkey), node_suffix)
+        # The allocator joins value prefix, label key and node suffix with Go's path.Join, which
+        # cleans the result: a label value "https://x" is stored as "https:/x" in etcd (in Consul
+        # the label key is base64url, which has no "/" or ".").  See
+        # docs/upstream.md#cilium-kvstore-value-keys-are-cleaned.
+        return go_path_clean("%s%s/%s" % (VALUES, self._enc(lkey), node_suffix))
 
     def write_identity_use(self, lkey, node_suffix, identity):
         self.backend.put(self.value_key(lkey, node_suffix), str(identity))
+
+    def remove_node_state(self, node_name, node_ip):
+        """What expiry of a departed agent's lease removes: its node key, its ipcache entries and
+        its identity value keys.  In etcd the lease does this; in Consul nothing ever does
+        (Cilium's Consul client sets the session on plain writes, which Consul ignores:
+        docs/upstream.md#cilium-consul-keys-never-expire) -- tests call it only for etcd."""
+        self.backend.delete(self.node_key(node_name))
+        for ip, pair in self.ipcache().items():
+            if pair.get("HostIP") == node_ip:
+                self.backend.delete(IPCACHE + ip)
+        for key in self.backend.list(VALUES):
+            if key.rsplit("/", 1)[-1] == node_ip:
+                self.backend.delete(key)
 
     def identity_uses(self):
         """List of ``(labels_key, node_suffix, id)`` for every value (slave) key."""
@@ -268,25 +303,35 @@ class IdentityAllocator:
 
 
 class HeartbeatWatch:
-    """kvstore health as an etcd-backed agent sees it (docs/upstream.md#kvstore-heartbeat).
+    """kvstore health as an etcd-backed agent sees it, per release
+    (docs/upstream.md#cilium-heartbeat-per-release, ``pkg/kvstore/etcd.go`` statusChecker):
 
-    The agent fails its quorum check when no heartbeat update arrived for ``timeout`` seconds
-    (2 minutes in Cilium); the timer starts when the agent starts (newer agents).  After more than
-    ``max_errors`` consecutive failed checks (one check per ``interval``) the state is Failure.
+    * ``watch-events`` (1.16 and older): the check starts counting with the first event of the
+      agent's watch on the heartbeat key, and any event resets the two-minute timer.  The
+      watch's initial listing ends with an event of its own, so an agent whose listing works
+      starts the timer at start-up, with or without a heartbeat key;
+    * ``agent-start`` (1.17): the status checker sets the timer when it starts;
+    * ``clustermesh-only`` (1.18 and later): the check runs only for clustermesh clients, the
+      node's own kvstore never degrades for want of a heartbeat.
 
-    Source: pkg/kvstore/etcd.go ``statusChecker`` (1.17.10: timer started with the checker).
-    Differs from the agent: below the threshold the agent keeps state Ok with
-    ``has-quorum=<error>, consecutive-errors=<n>`` in its message, and its Failure message starts
-    with ``Err: `` (same file, 1.16.7-1.18.10) -- the lab answers Warning and no prefix.
+    The lab sees an event as a change of the key's revision (a write or a delete).
+    A failed check counts once per ``interval``; after more than ``max_errors`` consecutive
+    failures the state is Failure.
     """
 
-    def __init__(self, kvstore, timeout=120.0, interval=None, max_errors=2, clock=time.monotonic):
+    MODES = ("watch-events", "agent-start", "clustermesh-only")
+
+    def __init__(self, kvstore, timeout=120.0, interval=None, max_errors=2, clock=time.monotonic,
+                 mode="agent-start"):
+        if mode not in self.MODES:
+            raise ValueError("heartbeat mode must be one of %s" % ", ".join(self.MODES))
         self.kvstore = kvstore
         self.timeout = timeout
         self.interval = interval if interval is not None else timeout / 4.0
         self.max_errors = max_errors
         self.clock = clock
-        self._last_revision = None
+        self.mode = mode
+        self._last_revision = kvstore.heartbeat_revision()
         self._last_change = clock()
         self._lock = threading.Lock()
 
@@ -297,9 +342,11 @@ class HeartbeatWatch:
                 revision = self.kvstore.heartbeat_revision()
             except OSError as exc:
                 return "Failure", "etcd: 0/1 connected: %s" % exc
-            if revision is not None and revision != self._last_revision:
+            if revision != self._last_revision:
                 self._last_revision = revision
                 self._last_change = now
+            if self.mode == "clustermesh-only":
+                return "Ok", "etcd: 1/1 connected, has-quorum=true: lab etcd - 3.5.1 (Leader)"
             stale = now - self._last_change
             if stale <= self.timeout:
                 return "Ok", "etcd: 1/1 connected, has-quorum=true: lab etcd - 3.5.1 (Leader)"

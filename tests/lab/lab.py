@@ -134,7 +134,8 @@ class Lab:
             backend = ConsulBackend(self.consul)
         self.kv = CiliumKVStore(backend, self.cluster_name)
         if self.kvstore_type == "etcd":
-            self.heartbeat = HeartbeatWatch(self.kv, timeout=self.heartbeat_timeout)
+            self.heartbeat = HeartbeatWatch(self.kv, timeout=self.heartbeat_timeout,
+                                            mode=self.profile["heartbeat_check"])
         for index in range(1, self.node_count + 1):
             self.nodes.append(self._add_node(index, sock_dir))
         scenarios.SCENARIOS[self.scenario](self)

@@ -21,10 +21,13 @@ def kvstore_states(lab):
     return states
 
 
-def test_etcd_agents_are_healthy_only_while_the_heartbeat_runs(lab_factory):
-    # agents fail their quorum check 1.5 s after the last heartbeat update (2 min in Cilium)
-    # and report Failure after two more failed checks (0.375 s apart): at 2.25 s
-    lab = lab_factory(nodes=2, cilium="1.19", kvstore="etcd", scenario="clean", heartbeat_timeout=1.5)
+@pytest.mark.parametrize("cilium", ["1.16", "1.17"])
+def test_etcd_agents_up_to_1_17_are_healthy_only_while_the_heartbeat_runs(lab_factory, cilium):
+    # 1.16: any event of the agent's heartbeat watch resets its timer (the watch's initial listing
+    # is one, so the timer runs from start-up); 1.17: the timer starts with the agent.  Either
+    # way an agent fails its quorum check 1.5 s after the last heartbeat update (2 min in
+    # Cilium) and reports Failure after two more failed checks (0.375 s apart): at 2.25 s.
+    lab = lab_factory(nodes=2, cilium=cilium, kvstore="etcd", scenario="clean", heartbeat_timeout=1.5)
     args = kvstore_args(lab)
     started = time.monotonic()
     while time.monotonic() - started < 4.0:  # well past the point agents would have failed
@@ -35,8 +38,30 @@ def test_etcd_agents_are_healthy_only_while_the_heartbeat_runs(lab_factory):
     assert kvstore_states(lab) == ["Failure", "Failure"]
     info = run_module("cilium_agent_info", {"cilium_socket": lab.nodes[0].socket_path})
     assert "since last heartbeat update has been received" in info["kvstore"]["msg"]
+    # the agent still reports its version while its kvstore is down
+    assert info["version"] == lab.profile["full_version"] and info["healthy"] is False
     run_module("cilium_kvstore_heartbeat", args)
     assert kvstore_states(lab) == ["Ok", "Ok"]
+
+
+def test_etcd_agents_without_heartbeat_degrade_from_start_up_on_1_17(lab_factory):
+    """Nobody ever writes the heartbeat: a 1.17 agent still fails once the timer it started at
+    start-up runs out (a cluster without the heartbeat duty degrades after two minutes)."""
+    lab = lab_factory(nodes=1, cilium="1.17", kvstore="etcd", scenario="clean", heartbeat_timeout=0.5)
+    assert kvstore_states(lab) == ["Ok"]
+    time.sleep(1.5)
+    assert kvstore_states(lab) == ["Failure"]
+
+
+@pytest.mark.parametrize("cilium", ["1.18", "1.19"])
+def test_etcd_agents_from_1_18_never_degrade_without_heartbeat(lab_factory, cilium):
+    """From 1.18 only clustermesh clients check the heartbeat: a node's own kvstore stays Ok
+    with nobody writing it (the duty matters only to clusters that others mesh with)."""
+    lab = lab_factory(nodes=1, cilium=cilium, kvstore="etcd", scenario="clean", heartbeat_timeout=0.5)
+    time.sleep(1.5)
+    assert kvstore_states(lab) == ["Ok"]
+    assert not run_module("cilium_kvstore_heartbeat", kvstore_args(lab)).failed
+    assert lab.kv.backend.get(HEARTBEAT) is not None and kvstore_states(lab) == ["Ok"]
 
 
 @pytest.mark.parametrize("lab_args", BACKENDS)
