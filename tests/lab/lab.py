@@ -29,7 +29,7 @@ from tests.lab.kvstore import (
 from tests.lab.nomad import NomadSim
 from tests.lab import scenarios
 
-POLICY_KEY = "netreap.io/policy"
+POLICY_KEY = "netreap.io/policy"  # docs/upstream.md#cilium-api-netreap-labels
 MAX_SOCKET_PATH = 100
 
 
@@ -159,7 +159,7 @@ class Lab:
     def _add_node(self, index, sock_dir):
         name = "nomad-client-%d" % index
         ip = "192.0.2.%d" % (index % 250 + 1)  # TEST-NET-1: data only, never contacted
-        ipv4_range = "10.200.%d.0/24" % (index % 250)
+        ipv4_range = "10.200.%d.0/24" % (index % 250)  # each agent its own --ipv4-range
         node = self.nomad.add_node(name, address=ip, attributes={
             "plugins.cni.version.cilium-cni": self.profile["full_version"]})
         agent_endpoint = self._serve(self.nomad.client_agent(node["ID"]))
@@ -171,10 +171,12 @@ class Lab:
             name, version=self.version, log=self.log, kvstore=self.kvstore_type,
             kvstore_status=self.heartbeat.status if self.heartbeat else None,
             static_policy_dir=static_dir, cluster_name=self.cluster_name, node_ip=ip,
+            # Value-key suffix = the node's IP (docs/upstream.md#kvstore-identity-keys).
             ipv4_range=ipv4_range, identity_allocator=IdentityAllocator(self.kv, ip))
         cilium_endpoint = self._serve(cilium, os.path.join(sock_dir, name + ".sock"))
         self.kv.write_node(name, ip, ipv4_range)
         cilium.add_endpoint(reserved="host")
+        # UNCONFIRMED lab choice: the health endpoint takes .17 (the agent gets it from IPAM).
         cilium.add_endpoint(reserved="health", ipv4=ipv4_range.rsplit(".", 1)[0] + ".17")
         return LabNode(name, index, node, agent_endpoint, cilium, cilium_endpoint, ip, ipv4_range,
                        static_dir)
