@@ -1,8 +1,9 @@
 """Conformance of the lab's Cilium agent simulator (tests/lab/cilium.py, tests/lab/policy_rules.py).
 
 Driven over the unix socket with a raw ``http.client`` connection, as the Go client and netreap
-talk to the agent.  What these pin down comes from /work/shared/reference/cilium.md and the
-Cilium / go-openapi sources it cites: status codes, exact bodies, version differences.
+talk to the agent.  What these pin down comes from the Cilium and go-openapi sources recorded in
+docs/upstream.md (#cilium-api-transport and the entries after it; the policy facts in its
+"Cilium: policy" section): status codes, exact bodies, version differences.
 """
 
 import json

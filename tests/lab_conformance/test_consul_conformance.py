@@ -2,7 +2,7 @@
 
 Each test starts a fresh ``ConsulSim`` on 127.0.0.1 and talks to it only through ``consul.Consul``
 (plus one raw urllib request where the point is the wire format itself).  Expected values come
-from /work/shared/reference/nomad-consul.md sections 6-11a.
+from Consul's HTTP API as recorded in docs/upstream.md (#consul-http and the entries after it).
 """
 
 import base64
@@ -293,7 +293,8 @@ def test_bad_requests_answer_400(consul_lab):
         c.kv.get("k", index="5", wait="soon")
     with pytest.raises(BadRequest, match="Invalid index"):
         c.kv.get("k", index="abc")
-    # UNCONFIRMED in the reference; the simulator picks 400 (py-consul asserts it away).
+    # UNCONFIRMED (docs/upstream.md#consul-key-paths); the simulator picks 400 (py-consul asserts
+    # it away).
     with pytest.raises(BadRequest, match="key must not begin with a '/'"):
         c.http.get(CB.json(index=True), "/v1/kv//leading")
 
