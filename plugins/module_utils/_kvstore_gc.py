@@ -102,7 +102,7 @@ def rate_windows(count, rate_limit):
 
 
 def identity_range(cluster_id=0, max_connected_clusters=255):
-    """Identities this cluster allocates (reference §3.2): 256..65535 for cluster ID 0."""
+    """Identities this cluster allocates (docs/upstream.md#kvstore-identity-keys): 256..65535 for cluster ID 0."""
     bits = 15 if max_connected_clusters == 511 else 16
     if cluster_id == 0:
         return MIN_IDENTITY, (1 << bits) - 1
@@ -382,7 +382,7 @@ def label_key_problem(stored, encoded):
 def plan_identity_gc(id_entries, value_entries, marks, now, id_range=(MIN_IDENTITY, 65535),
                      encoded=False, min_age=900, max_delete=None, max_delete_percent=None,
                      state_prefix="netreap/gc/v1", match_id=False):
-    """Plan one identity-GC run (cilium-operator's mark/sweep, reference §4.2).
+    """Plan one identity-GC run (cilium-operator's mark/sweep, docs/upstream.md#kvstore-identity-gc).
 
     id_entries: master keys ``cilium/state/identities/v1/id/<id>`` (value = label key, base64url
     in Consul: ``encoded``); value_entries: every key under ``.../value/``; marks: KVEntry list
