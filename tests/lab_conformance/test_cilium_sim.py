@@ -557,7 +557,7 @@ def test_enable_default_deny_is_not_shown_before_1_16(make_agent):
 
 
 # ------------------------------------------------------------------------------------------
-# Policy: every rejection class of reference §2.3
+# Policy: every rejection class the agent has (docs/upstream.md, "Cilium: policy")
 # ------------------------------------------------------------------------------------------
 
 ES = {"matchLabels": {"app": "api"}}
