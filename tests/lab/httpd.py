@@ -260,6 +260,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # keep test output quiet
         return
 
+    def send_response(self, code, message=None):
+        if getattr(self.server.lab_service, "server_header", True):
+            super().send_response(code, message)
+            return
+        # a service that sends no Server header (Consul): the status line and Date only
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
+
     def address_string(self):  # unix sockets have no peer address
         return "lab"
 
