@@ -1618,7 +1618,12 @@ class RealConsul:
         raise RuntimeError("consul not ready after %ss: %s" % (timeout, last))
 
     def reset(self):
-        """Remove every key and session (between tests sharing one server)."""
+        """Remove every key and session (between tests sharing one server).  Held locks are
+        released first: destroying their session would start a lock-delay on the key."""
+        status, unused, body = self.request("GET", "/v1/kv/?recurse")
+        for entry in json.loads(body or b"[]") if status == 200 else []:
+            if entry.get("Session"):
+                self.request("PUT", "/v1/kv/%s?release=%s" % (quote(entry["Key"]), entry["Session"]))
         status, unused, body = self.request("GET", "/v1/session/list")
         for session in json.loads(body or b"[]") if status == 200 else []:
             self.request("PUT", "/v1/session/destroy/" + session["ID"])
@@ -1681,3 +1686,31 @@ class RealConsul:
         if self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
+
+
+class ConsulProxy(httpd.Service):
+    """An HTTP front for a real Consul server: the same API, plus the lab's fault table and
+    request log (service name ``consul``).  Redirects are passed on, never followed."""
+
+    PASSED_HEADERS = ("x-consul-token", "authorization", "content-type")
+    server_header = False
+
+    def __init__(self, server, log=None, name="consul"):
+        super().__init__(name, log)
+        self.server = server
+
+    def dispatch(self, req):
+        import http.client
+        target = req.raw_path + ("?" + req.raw_query if req.raw_query else "")
+        headers = {k: v for k, v in req.headers.items() if k.lower() in self.PASSED_HEADERS}
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=120)
+        try:
+            conn.request(req.method, target, body=req.body if req.body else None, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            passed = {k: v for k, v in resp.getheaders()
+                      if k.lower() not in ("content-type", "content-length", "date", "connection",
+                                           "transfer-encoding", "keep-alive")}
+            return httpd.Response(resp.status, body, resp.getheader("Content-Type"), passed)
+        finally:
+            conn.close()

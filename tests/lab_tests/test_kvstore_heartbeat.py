@@ -8,9 +8,9 @@ import pytest
 
 from tests.lab import httpd
 from tests.lab.kvstore import HEARTBEAT
-from tests.lab_tests.conftest import kvstore_args, kvstore_writes, run_module
+from tests.lab_tests.conftest import CONSUL_KINDS, KV_BACKENDS, kvstore_args, kvstore_writes, run_module
 
-BACKENDS = [pytest.param(("consul", "1.16"), id="consul"), pytest.param(("etcd", "1.19"), id="etcd")]
+BACKENDS = KV_BACKENDS
 
 
 def kvstore_states(lab):
@@ -66,8 +66,8 @@ def test_etcd_agents_from_1_18_never_degrade_without_heartbeat(lab_factory, cili
 
 @pytest.mark.parametrize("lab_args", BACKENDS)
 def test_one_write_per_run(lab_factory, lab_args):
-    kvstore, cilium = lab_args
-    lab = lab_factory(nodes=1, cilium=cilium, kvstore=kvstore, scenario="clean")
+    kvstore, cilium, consul = lab_args
+    lab = lab_factory(consul=consul, nodes=1, cilium=cilium, kvstore=kvstore, scenario="clean")
     lab.log.clear()
     before = time.time()
     result = run_module("cilium_kvstore_heartbeat", kvstore_args(lab))
@@ -79,15 +79,17 @@ def test_one_write_per_run(lab_factory, lab_args):
     assert before - 1 <= written <= time.time() + 1
 
 
-def test_check_mode_writes_nothing(lab_factory):
-    lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="clean")
+@pytest.mark.parametrize("consul", CONSUL_KINDS)
+def test_check_mode_writes_nothing(lab_factory, consul):
+    lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="clean", consul=consul)
     lab.log.clear()
     result = run_module("cilium_kvstore_heartbeat", kvstore_args(lab), check_mode=True)
     assert result["changed"] is True and kvstore_writes(lab) == [] and lab.kv.backend.get(HEARTBEAT) is None
 
 
-def test_min_interval_skips_a_fresh_heartbeat(lab_factory):
-    lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="clean")
+@pytest.mark.parametrize("consul", CONSUL_KINDS)
+def test_min_interval_skips_a_fresh_heartbeat(lab_factory, consul):
+    lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="clean", consul=consul)
     args = kvstore_args(lab, min_interval=60)
     first = run_module("cilium_kvstore_heartbeat", args)
     assert first["changed"] is True and first["previous"] is None
@@ -100,8 +102,9 @@ def test_min_interval_skips_a_fresh_heartbeat(lab_factory):
     assert third["changed"] is True and third["previous"] == "2020-01-01T00:00:00+01:00"
 
 
-def test_failure_names_key_status_and_body(lab_factory):
-    lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="clean")
+@pytest.mark.parametrize("consul", CONSUL_KINDS)
+def test_failure_names_key_status_and_body(lab_factory, consul):
+    lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="clean", consul=consul)
     lab.consul.faults.add(httpd.Fault(status=403, body="Permission denied: token lacks 'key:write'"))
     result = run_module("cilium_kvstore_heartbeat", kvstore_args(lab))
     assert result.failed and result["msg"] == (
