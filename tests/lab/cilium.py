@@ -1126,7 +1126,9 @@ class CiliumAgentSim(httpd.Service):
                 return _api_error(400, "endpoint ID must be a cilium-local ID")  # UNCONFIRMED wording
             number = self._parse_cilium_id(value)
             if number and number in self._endpoints:
-                return _api_error(409, "endpoint ID %d already exists" % number)  # UNCONFIRMED wording
+                # Differs from the agent: 1.16.7 answers 400 with this text (daemon/cmd/endpoint.go
+                # invalidDataError); the spec's 409 is not used for it (docs/upstream.md#cilium-api-endpoints).
+                return _api_error(409, "endpoint ID %d already exists" % number)
             model = self.add_endpoint(container_id=body.get("container-id") or None,
                                       labels=body.get("labels") or [],
                                       ipv4=(body.get("addressing") or {}).get("ipv4"),
