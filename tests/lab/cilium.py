@@ -389,7 +389,9 @@ class CiliumAgentSim(httpd.Service):
         if kvstore not in ("etcd", "consul"):
             raise ValueError('unknown key-value store type "%s"' % kvstore)
         if kvstore == "consul" and not self.profile["consul_kvstore"]:
-            # 1.17+ agents refuse to start; wording of the fatal log line UNCONFIRMED.
+            # 1.17+ agents refuse to start: 'unknown key-value store type "consul". See
+            # cilium.link/err-kvstore for details' (pkg/kvstore/config.go, 1.17.10;
+            # docs/upstream.md#kvstore-backends).  The lab's message differs.
             raise ValueError('unknown key-value store type "consul" (Consul support was removed in 1.17)')
         if static_policy_dir is not None and not self.profile["static_policy_dir"]:
             raise ValueError("unknown flag: --static-cnp-path")  # pflag refuses unknown flags
