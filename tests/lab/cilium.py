@@ -1204,11 +1204,12 @@ class CiliumAgentSim(httpd.Service):
         if not isinstance(container_id, str):
             self._type_error("endpoint", container_id, "string")
         if not container_id:
-            return _api_error(400, "invalid container id")  # wording UNCONFIRMED
+            return _api_error(400, "invalid container id")  # daemon/cmd/endpoint.go, 1.16.7
         with self.lock:
             eps = [ep for ep in self._endpoints.values() if ep.container_id == container_id]
             if not eps:
-                return _api_error(404, "endpoint not found")  # wording UNCONFIRMED
+                # 1.16.7 says "endpoints not found" (daemon/cmd/endpoint.go); body on the wire UNCONFIRMED.
+                return _api_error(404, "endpoint not found")
             for ep in eps:
                 self.remove_endpoint(ep.id)
         return _empty(200)
