@@ -348,14 +348,14 @@ def value_prefix_of(stored):
 
 def value_must_match_id(cilium_version):
     """Whether the operator of this Cilium release counts a value key as a user only when it
-    holds the identity's ID: from 1.18.10 and in 1.19 (docs/upstream.md#cilium-value-equals-id).
-    ``cilium_version`` is ``"1.18.10"``-like, or None (unknown: every value key counts, as before
-    1.18.10 -- that never deletes an identity an agent of any release still uses)."""
+    holds the identity's ID: from 1.18.6 and in 1.19 (docs/upstream.md#cilium-value-equals-id).
+    ``cilium_version`` is ``"1.18.6"``-like, or None (unknown: every value key counts, as before
+    1.18.6 -- that never deletes an identity an agent of any release still uses)."""
     match = re.match(r"^v?(\d+)\.(\d+)(?:\.(\d+))?", cilium_version or "")
     if not match:
         return False
     major, minor, patch = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
-    return (major, minor, patch) >= (1, 18, 10)
+    return (major, minor, patch) >= (1, 18, 6)
 
 
 _BASE64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
@@ -388,7 +388,7 @@ def plan_identity_gc(id_entries, value_entries, marks, now, id_range=(MIN_IDENTI
     in Consul: ``encoded``); value_entries: every key under ``.../value/``; marks: KVEntry list
     under the identity marks prefix.  An identity is in use while any value key sits right under
     its label key's value prefix after Go's path cleaning (``value_prefix_of``); with
-    ``match_id`` (Cilium 1.18.10+) only a value key holding the identity's ID counts.  Deletion
+    ``match_id`` (Cilium 1.18.6+) only a value key holding the identity's ID counts.  Deletion
     also requires (etcd) that still no value key exists under that prefix at commit time.
     """
     plan = Plan()
@@ -439,7 +439,7 @@ def plan_identity_gc(id_entries, value_entries, marks, now, id_range=(MIN_IDENTI
             continue
         reason = "unused: no value key refers to it"
         if match_id and users.get(vprefix):
-            reason = "unused: no value key holds its ID (%s, Cilium 1.18.10+ rule)" % raw_id
+            reason = "unused: no value key holds its ID (%s, Cilium 1.18.6+ rule)" % raw_id
         mark = _mark_step(plan, now, min_age, entry, mark_entries.get(raw_id), mark_key, item, reason)
         if mark is not None:
             to_delete.append((raw_id, entry, stored, mark, item, reason))
@@ -451,7 +451,7 @@ def plan_identity_gc(id_entries, value_entries, marks, now, id_range=(MIN_IDENTI
     for raw_id, entry, stored, mark, item, reason in to_delete:
         mark_key = mprefix + raw_id
         vprefix = value_prefix_of(stored)
-        # etcd: no value key may have appeared since the listing.  Under the 1.18.10 rule value
+        # etcd: no value key may have appeared since the listing.  Under the 1.18.6 rule value
         # keys holding another ID may stay; then that check cannot be made (as on Consul).
         guard = [] if users.get(vprefix) else [absent_prefix(vprefix + "/")]
         ops = guard + [delete_if(mark_key, mark_entries[raw_id].revision),

@@ -104,12 +104,13 @@ def _profile(minor, patch):
         "tunnel_flag": minor <= 14,
         # The etcd heartbeat check (tests/lab/kvstore.py HeartbeatWatch,
         # docs/upstream.md#cilium-heartbeat-per-release): any watch event resets the timer up to
-        # 1.16, the timer starts at agent start in 1.17, clustermesh clients only from 1.18.
+        # 1.16, the timer starts at agent start in 1.17 (and 1.18.0), clustermesh clients only
+        # from 1.18.1 (the 1.18 profile is 1.18.2).
         "heartbeat_check": ("watch-events" if minor <= 16 else "agent-start" if minor == 17
                             else "clustermesh-only"),
-        # /v1/healthz before every status probe ran once: 1.19 answers "Not all probes executed
-        # at least once" without the version (daemon/cmd/status.go).
-        "probes_pending_status": minor >= 19,
+        # /v1/healthz before every status probe ran once: from 1.18.0 "Not all probes executed
+        # at least once" without the version (docs/upstream.md#cilium-healthz-version).
+        "probes_pending_status": minor >= 18,
     }
 
 
@@ -400,7 +401,7 @@ class CiliumAgentSim(httpd.Service):
             {"etcd.config": "/var/lib/cilium/etcd-config.yml"} if kvstore == "etcd"
             else {"consul.address": "127.0.0.1:8500"})
         self._kvstore_status = kvstore_status
-        self.probes_pending = False  # True: a 1.19 agent whose status probes have not all run yet
+        self.probes_pending = False  # True: a 1.18+ agent whose status probes have not all run yet
         self.cluster_name = cluster_name
         self.cluster_id = cluster_id
         self.node_ip = node_ip

@@ -306,15 +306,16 @@ class HeartbeatWatch:
     """kvstore health as an etcd-backed agent sees it, per release
     (docs/upstream.md#cilium-heartbeat-per-release, ``pkg/kvstore/etcd.go`` statusChecker):
 
-    * ``watch-events`` (1.16 and older): the check starts counting with the first event of the
-      agent's watch on the heartbeat key, and any event resets the two-minute timer.  The
-      watch's initial listing ends with an event of its own, so an agent whose listing works
-      starts the timer at start-up, with or without a heartbeat key;
-    * ``agent-start`` (1.17): the status checker sets the timer when it starts;
-    * ``clustermesh-only`` (1.18 and later): the check runs only for clustermesh clients, the
+    * ``watch-events`` (1.16 and older): every event of the agent's watch on the heartbeat key
+      resets the two-minute timer -- writes, deletions, and the event that ends the initial
+      listing, so the timer runs from connect;
+    * ``agent-start`` (1.17, 1.18.0): the status checker starts the timer; only writes of the
+      key reset it (deletions and the end of the listing no longer count);
+    * ``clustermesh-only`` (1.18.1 and later): the check runs only for clustermesh clients, the
       node's own kvstore never degrades for want of a heartbeat.
 
-    The lab sees an event as a change of the key's revision (a write or a delete).
+    The lab sees an event as a change of the key's revision (a write, or with ``watch-events``
+    also a deletion).
     A failed check counts once per ``interval``; after more than ``max_errors`` consecutive
     failures the state is Failure.
     """
@@ -344,7 +345,8 @@ class HeartbeatWatch:
                 return "Failure", "etcd: 0/1 connected: %s" % exc
             if revision != self._last_revision:
                 self._last_revision = revision
-                self._last_change = now
+                if revision is not None or self.mode == "watch-events":
+                    self._last_change = now
             if self.mode == "clustermesh-only":
                 return "Ok", "etcd: 1/1 connected, has-quorum=true: lab etcd - 3.5.1 (Leader)"
             stale = now - self._last_change

@@ -455,15 +455,15 @@ def test_identity_whose_label_key_leaves_the_value_prefix_is_left_alone():
 
 
 @pytest.mark.parametrize("version, rule", [
-    (None, False), ("1.16.5", False), ("1.18.9", False), ("1.18.10", True), ("v1.18.11", True),
+    (None, False), ("1.16.5", False), ("1.18.5", False), ("1.18.6", True), ("v1.18.10", True),
     ("1.19.0", True), ("2.0.0", True), ("not-a-version", False),
 ])
-def test_value_must_match_id_from_1_18_10(version, rule):
+def test_value_must_match_id_from_1_18_6(version, rule):
     assert value_must_match_id(version) is rule
 
 
-def test_value_key_holding_another_id_counts_only_before_1_18_10():
-    """From 1.18.10 the operator counts a value key only when it holds the identity's ID."""
+def test_value_key_holding_another_id_counts_only_before_1_18_6():
+    """From 1.18.6 the operator counts a value key only when it holds the identity's ID."""
     ids = [KVEntry(IDS_PREFIX + "500", b"netreap:a=b;", 11), KVEntry(IDS_PREFIX + "501", b"netreap:c=d;", 12)]
     values = [KVEntry(VALUES_PREFIX + "netreap:a=b;/192.0.2.1", b"499", 15),   # stale: another ID
               KVEntry(VALUES_PREFIX + "netreap:c=d;/192.0.2.1", b"501", 16)]
