@@ -356,4 +356,7 @@ class HeartbeatWatch:
             detail = "%.0fs since last heartbeat update has been received" % stale
             if failures > self.max_errors:
                 return "Failure", "quorum check failed %d times in a row: %s" % (failures, detail)
+            # Differs from the agent (pkg/kvstore/etcd.go statusChecker, 1.16.7-1.18.10): below the
+            # threshold it stays Ok, msg "... has-quorum=<error>, consecutive-errors=<n>: ...", and
+            # its Failure msg starts with "Err: " (docs/upstream.md#kvstore-heartbeat).
             return "Warning", "etcd: 1/1 connected, has-quorum=false: %s" % detail
