@@ -30,7 +30,7 @@ after it; the real-server conformance runs check it against Nomad 1.6.5.  Wire d
 * ACLs: ``X-Nomad-Token`` or ``Authorization: Bearer``; unknown secret -> 403 ``ACL token not
   found``; missing capability -> 403 ``Permission denied``; lists drop unreadable namespaces;
   ``GET /v1/allocation/<id>`` without read-job in the alloc's namespace -> 500
-  ``Unknown allocation "<id>"`` (source-read, UNCONFIRMED live).
+  ``Unknown allocation "<id>"`` (source-read, and observed on Nomad 1.6.5).
 * ``filter`` (go-bexpr): supported grammar -- ``and`` / ``or`` / ``not`` / parentheses;
   ``<sel> == <v>``, ``!=``, ``is empty``, ``is not empty``, ``<v> in <sel>``, ``<v> not in <sel>``,
   ``<sel> contains <v>``, ``not contains``, ``matches <regex>``, ``not matches``.  Selectors:
@@ -2061,7 +2061,7 @@ class NomadSim(httpd.Service):
                 return self._table_index["allocs"], None
             if not acl.allow_ns_op(alloc["Namespace"], "read-job"):
                 # nomad/alloc_endpoint.go GetAlloc: NewErrUnknownAllocation -> generic 500.
-                # Source-read; UNCONFIRMED on a live cluster (docs/upstream.md#nomad-allocations).
+                # Observed on Nomad 1.6.5 too (docs/upstream.md#nomad-allocations).
                 raise self._err(500, 'Unknown allocation "%s"' % alloc_id)
             return alloc["ModifyIndex"], self._render_alloc(alloc)
 

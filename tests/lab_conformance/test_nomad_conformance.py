@@ -351,7 +351,7 @@ def test_namespace_scoped_token_filters_lists(nomad_lab):
     assert reader.namespace.get_namespace("prod")["Description"] == "production"
     with pytest.raises(nexc.URLNotAuthorizedNomadException):
         reader.namespace.get_namespace("secret")
-    # reading one alloc of an unreadable namespace: docs/upstream.md#nomad-allocations (UNCONFIRMED live)
+    # reading one alloc of an unreadable namespace: 500, docs/upstream.md#nomad-allocations
     with pytest.raises(nexc.BaseNomadException) as err:
         reader.allocation.get_allocation(nomad_lab.hidden["ID"])
     assert err.value.nomad_resp.status_code == 500
