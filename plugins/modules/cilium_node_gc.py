@@ -176,7 +176,8 @@ deleted:
       description: When an earlier run first marked the node (RFC 3339).
       type: str
     purged:
-      description: Other keys of the node deleted with it (ipcache entries, identity value keys) when O(purge_node_state=true).
+      description: Other keys of the node deleted with it (ipcache entries, identity value keys) when its state is
+        purged (O(purge_node_state), on by default with Consul).
       type: list
       elements: str
 marked:
