@@ -227,19 +227,6 @@ class CiliumKVStore:
     def write_identity_use(self, lkey, node_suffix, identity):
         self.backend.put(self.value_key(lkey, node_suffix), str(identity))
 
-    def remove_node_state(self, node_name, node_ip):
-        """What expiry of a departed agent's lease removes: its node key, its ipcache entries and
-        its identity value keys.  In etcd the lease does this; in Consul nothing ever does
-        (Cilium's Consul client sets the session on plain writes, which Consul ignores:
-        docs/upstream.md#cilium-consul-keys-never-expire) -- tests call it only for etcd."""
-        self.backend.delete(self.node_key(node_name))
-        for ip, pair in self.ipcache().items():
-            if pair.get("HostIP") == node_ip:
-                self.backend.delete(IPCACHE + ip)
-        for key in self.backend.list(VALUES):
-            if key.rsplit("/", 1)[-1] == node_ip:
-                self.backend.delete(key)
-
     def identity_uses(self):
         """List of ``(labels_key, node_suffix, id)`` for every value (slave) key."""
         uses = []
