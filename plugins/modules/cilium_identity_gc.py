@@ -16,7 +16,7 @@ description:
     expire but the master key stays forever, until allocation fails with C(no more available IDs)."
   - An identity is B(in use) while any value key refers to its label key (the last C(/) of the value key follows
     the label key exactly). Cilium builds value keys with Go's C(path.Join), which cleans the path, so the label
-    key is compared after the same cleaning (C(//) becomes C(/), C(.) and C(..) segments are resolved): a label
+    key is compared after the same cleaning (C(//) becomes C(/), C(.) and C(..) segments are resolved); a label
     value such as C(https://example.org) is C(https:/example.org) in its value keys. With O(kvstore=consul) label
     keys and master values are base64url-encoded, as Cilium writes them; both are handled.
   - With O(cilium_version) 1.18.6 or later a value key counts only when it holds the identity's ID, as the

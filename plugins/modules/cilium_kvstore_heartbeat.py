@@ -18,7 +18,7 @@ description:
   - B(Up to 1.16) any event on the agent's watch of the key resets its 2-minute timer, including the end of the
     initial listing, so the timer runs from the moment the agent connects. B(1.17 and 1.18.0) start the timer when
     the agent starts and only writes reset it. Clusters of these releases need this module B(every minute)
-    (a systemd timer, cron, or an AWX schedule): without Kubernetes there is no operator to write it.
+    (a systemd timer, cron, or an AWX schedule); without Kubernetes there is no operator to write it.
   - B(From 1.18.1) the check runs only for clustermesh clients (an agent's connection to another cluster's
     kvstore); an agent's own kvstore never degrades without a heartbeat. Run it every minute only on a cluster
     whose kvstore other clusters connect to.

@@ -9,20 +9,18 @@ import pytest
 
 from tests.lab_tests.conftest import CONSUL_KINDS, kvstore_args, run_module
 
+EMPTY = "must not contain an empty segment ('//')"
 CASES = [
     ("cilium_node_gc", "cluster_name", "eu/west", "cluster_name 'eu/west' must be a single name without '/'"),
     ("cilium_node_gc", "cluster_name", "..", "cluster_name must not be '..'"),
-    ("cilium_node_gc", "gc_state_prefix", "netreap//gc", "gc_state_prefix 'netreap//gc' must not contain an "
-                                                          "empty segment ('//')"),
-    ("cilium_node_gc", "lock_key", "service/./leader", "lock_key 'service/./leader' must not contain a '.' "
-                                                       "segment"),
-    ("cilium_identity_gc", "gc_state_prefix", "netreap/gc/../v1", "gc_state_prefix 'netreap/gc/../v1' must not "
-                                                                  "contain a '..' segment"),
-    ("cilium_identity_gc", "lock_key", "service/netreaper/", "lock_key 'service/netreaper/' must not end with "
-                                                            "'/'"),
-    ("cilium_policy", "consul_key", "netreap.io//policy", "consul_key 'netreap.io//policy' must not contain an "
-                                                          "empty segment ('//'): Consul answers such a key with a "
-                                                          "redirect to 'netreap.io/policy' and writes nothing"),
+    ("cilium_node_gc", "gc_state_prefix", "netreap//gc", "gc_state_prefix 'netreap//gc' " + EMPTY),
+    ("cilium_node_gc", "lock_key", "service/./leader", "lock_key 'service/./leader' must not contain a '.' segment"),
+    ("cilium_identity_gc", "gc_state_prefix", "netreap/gc/../v1",
+     "gc_state_prefix 'netreap/gc/../v1' must not contain a '..' segment"),
+    ("cilium_identity_gc", "lock_key", "service/netreaper/", "lock_key 'service/netreaper/' must not end with '/'"),
+    ("cilium_policy", "consul_key", "netreap.io//policy",
+     "consul_key 'netreap.io//policy' " + EMPTY + ": Consul answers such a key with a redirect to "
+     "'netreap.io/policy' and writes nothing"),
 ]
 
 
