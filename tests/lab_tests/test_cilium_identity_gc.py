@@ -266,3 +266,23 @@ def test_identity_with_double_slash_in_a_label_survives_while_used(lab_factory, 
     assert ids(first["marked"]) == [identity] and identity in lab.kv.identities()
     second = run_module("cilium_identity_gc", args)
     assert ids(second["deleted"]) == [identity] and identity not in lab.kv.identities()
+
+
+def test_value_key_of_another_id_counts_only_before_1_18_6(lab_factory):
+    """From 1.18.6 the operator counts a value key only when it holds the identity's ID: with
+    cilium_version set to such a release, an identity whose only value key holds another ID (left by
+    an earlier allocation of the same labels) is collected; unset, it is kept."""
+    lab = lab_factory(nodes=2, cilium="1.19", kvstore="etcd", scenario="drift")
+    lab.kv.write_identity_use(dead_labels("retired-a"), lab.nodes[0].ip, 4711)  # not 5256
+    old_rule = kvstore_args(lab, min_age=0)
+    for unused in range(2):
+        result = run_module("cilium_identity_gc", old_rule)
+        assert not result.failed and 5256 not in ids(result["marked"] + result["deleted"])
+    new_rule = kvstore_args(lab, min_age=0, cilium_version=lab.profile["full_version"])
+    first = run_module("cilium_identity_gc", new_rule)
+    marked = {m["id"]: m for m in first["marked"]}
+    assert "holds its ID" in marked[5256]["reason"]
+    second = run_module("cilium_identity_gc", new_rule)
+    assert 5256 in ids(second["deleted"]) and 5256 not in lab.kv.identities()
+    result = run_module("cilium_identity_gc", kvstore_args(lab, cilium_version="1.19"))
+    assert result.failed and "cilium_version must be a release such as 1.18.6" in result["msg"]

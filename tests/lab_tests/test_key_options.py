@@ -27,8 +27,8 @@ CASES = [
 @pytest.mark.parametrize("consul", CONSUL_KINDS)
 @pytest.mark.parametrize("module, option, value, message", CASES,
                          ids=["%s-%s-%s" % (c[0], c[1], c[2]) for c in CASES])
-def test_key_option_with_empty_or_dot_segment_is_refused_before_any_request(lab_factory, consul, module,
-                                                                             option, value, message):
+def test_key_option_with_empty_or_dot_segment_is_refused_before_any_request(
+        lab_factory, consul, module, option, value, message):
     lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="clean", consul=consul)
     lab.log.clear()
     if module == "cilium_policy":
