@@ -26,9 +26,9 @@ from tests.lab.consul import (
     CONSUL_SKIP_REASON,
     LEADER_ADDRESS,
     ConsulSim,
-    RealConsul,
     find_consul,
 )
+from tests.lab.lab import shared_real_consul
 
 CONSUL_ENV_VARS = ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_SSL",
                    "CONSUL_HTTP_SSL_VERIFY")
@@ -92,24 +92,22 @@ def consul_clean_env(monkeypatch):
 
 @pytest.fixture(scope="session")
 def real_consul():
-    """One real Consul server (CONSUL_BIN) for the session; tests share it, reset in between."""
+    """The process's real Consul server (CONSUL_BIN), shared with the lab; emptied between tests."""
     if find_consul() is None:
         pytest.skip(CONSUL_SKIP_REASON)
-    server = RealConsul().start()
-    yield server
-    server.stop()
+    return shared_real_consul(acl=False)
 
 
 @pytest.fixture(scope="session")
 def real_consul_acl():
-    """A real Consul server with ACLs on (default deny) and the app token of the ACL tests."""
+    """The process's real Consul server with ACLs on (default deny) and the app token of the ACL
+    tests."""
     if find_consul() is None:
         pytest.skip(CONSUL_SKIP_REASON)
-    server = RealConsul(acl=True).start()
+    server = shared_real_consul(acl=True)
     server.add_token(APP_SECRET, key_prefix_rules=APP_KEY_RULES, session_prefix_rules={"": "write"},
                      accessor_id=APP_ACCESSOR)
-    yield server
-    server.stop()
+    return server
 
 
 def _real_lab(request, fixture):
