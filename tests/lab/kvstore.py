@@ -341,9 +341,13 @@ class HeartbeatWatch:
                 return "Ok", "etcd: 1/1 connected, has-quorum=true: lab etcd - 3.5.1 (Leader)"
             failures = int((stale - self.timeout) // self.interval) + 1
             detail = "%.0fs since last heartbeat update has been received" % stale
+            # pkg/kvstore/etcd.go statusChecker, 1.16.7-1.18.10 (docs/upstream.md#kvstore-heartbeat):
+            # below the threshold the state stays Ok and the message carries the error; above it
+            # the state is Failure, "Err: ..." (1.16.7's daemon probe repeats the error).
             if failures > self.max_errors:
-                return "Failure", "quorum check failed %d times in a row: %s" % (failures, detail)
-            # Differs from the agent (pkg/kvstore/etcd.go statusChecker, 1.16.7-1.18.10): below the
-            # threshold it stays Ok, msg "... has-quorum=<error>, consecutive-errors=<n>: ...", and
-            # its Failure msg starts with "Err: " (docs/upstream.md#kvstore-heartbeat).
-            return "Warning", "etcd: 1/1 connected, has-quorum=false: %s" % detail
+                error = "quorum check failed %d times in a row: %s" % (failures, detail)
+                if self.mode == "watch-events":
+                    return "Failure", "Err: %s - %s" % (error, error)
+                return "Failure", "Err: %s" % error
+            return "Ok", ("etcd: 1/1 connected, leases=1, lock leases=1, has-quorum=%s, consecutive-errors=%d: "
+                          "lab etcd - 3.5.1 (Leader)" % (detail, failures))
