@@ -23,6 +23,9 @@ DEFAULT_TIMEOUT = 10.0
 # Consul rejects a transaction with more operations than this (413): 64 up to 1.13, 128 since 1.14.
 TXN_MAX_OPS_LEGACY = 64
 TXN_MAX_OPS = 128
+# First release sending X-Consul-Results-Filtered-By-ACLs (docs/upstream.md#consul-results-filtered-by-acls).
+FILTERED_HEADER_SINCE = (1, 11)
+GLOBAL_MANAGEMENT_POLICY_ID = "00000000-0000-0000-0000-000000000001"
 
 CONSUL_ARGUMENT_SPEC = dict(
     consul_address=dict(type="str"),
@@ -55,6 +58,78 @@ class ConsulTxnError(ServiceError):
     @property
     def permission_denied(self):
         return any("Permission denied" in (e.get("What") or "") for e in self.errors)
+
+
+def go_path_clean(path):
+    """Go's ``path.Clean``: the shortest equivalent path (``//`` -> ``/``, ``.`` dropped, ``x/..``
+    removed, no trailing slash; ``""`` -> ``"."``).  Cilium builds kvstore keys with ``path.Join``
+    (which cleans) and Consul's HTTP server redirects any uncleaned ``/v1/kv/...`` path
+    (docs/upstream.md#consul-cleans-kv-paths, #cilium-kvstore-value-keys-are-cleaned)."""
+    rooted = path.startswith("/")
+    out = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if out and out[-1] != "..":
+                out.pop()
+            elif not rooted:
+                out.append("..")
+            continue
+        out.append(part)
+    cleaned = "/".join(out)
+    if rooted:
+        return "/" + cleaned
+    return cleaned or "."
+
+
+def key_option_problem(option, value, kind="key"):
+    """Why the option ``option`` cannot name a kvstore key, or None.
+
+    ``kind``: ``key`` (a whole key: no leading or trailing ``/``), ``prefix`` (one trailing
+    ``/`` allowed) or ``name`` (one path segment, e.g. the cluster name).  Empty segments
+    (``a//b``) and ``.``/``..`` segments are refused: Consul answers such a path with a 301 to
+    the cleaned path and writes nothing (docs/upstream.md#consul-cleans-kv-paths), so a key
+    that works in a test double fails against a real server.
+    """
+    if value is None:
+        return None
+    if value == "":
+        return "%s must not be empty" % option
+    if kind == "name":
+        if "/" in value:
+            return "%s %r must be a single name without '/'" % (option, value)
+        if value in (".", ".."):
+            return "%s must not be %r (a path segment Consul and Cilium remove)" % (option, value)
+        return None
+    if value.startswith("/"):
+        return "%s %r must not start with '/' (Consul keys are relative)" % (option, value)
+    body = value[:-1] if kind == "prefix" and value.endswith("/") else value
+    segments = body.split("/")
+    if "" in segments:
+        where = "end with '/'" if body.endswith("/") else "contain an empty segment ('//')"
+        return ("%s %r must not %s: Consul answers such a key with a redirect to %r and writes nothing"
+                % (option, value, where, go_path_clean(value)))
+    bad = [s for s in segments if s in (".", "..")]
+    if bad:
+        return ("%s %r must not contain a %r segment: Consul answers such a key with a redirect to %r "
+                "and writes nothing" % (option, value, bad[0], go_path_clean(value)))
+    return None
+
+
+def key_options_problem(params, keys=(), prefixes=(), names=()):
+    """The problems of several key options of a module, as one message (or None)."""
+    problems = [key_option_problem(n, params.get(n), "key") for n in keys]
+    problems += [key_option_problem(n, params.get(n), "prefix") for n in prefixes]
+    problems += [key_option_problem(n, params.get(n), "name") for n in names]
+    return "; ".join(p for p in problems if p) or None
+
+
+def fail_on_key_options(module, keys=(), prefixes=(), names=()):
+    """``module.fail_json`` before any request when a key option cannot name a Consul key."""
+    problem = key_options_problem(module.params, keys, prefixes, names)
+    if problem:
+        module.fail_json(msg=problem)
 
 
 def _read_token_file(path):
@@ -128,6 +203,7 @@ class ConsulClient:
                                        client_key=client_key, tls_server_name=tls_server_name)
         self.datacenter = datacenter
         self._txn_max_ops = None
+        self._server_version = False  # not asked yet
 
     @classmethod
     def from_params(cls, params, env=None):
@@ -188,19 +264,56 @@ class ConsulClient:
         return data is True
 
     # -- Transactions -----------------------------------------------------------------------
-    def txn_max_ops(self):
-        """The server's per-transaction operation limit (64 before Consul 1.14, 128 since)."""
-        if self._txn_max_ops is None:
-            self._txn_max_ops = TXN_MAX_OPS_LEGACY
+    def server_version(self):
+        """``(major, minor)`` of the Consul agent answering, from ``/v1/agent/self`` (needs
+        ``agent:read``), or None when it cannot be read.  Asked once per client."""
+        if self._server_version is False:
+            self._server_version = None
             try:
                 data = self.http.request_json("GET", "/v1/agent/self")[0]
                 version = (data.get("Config") or {}).get("Version") or ""
                 match = re.match(r"(\d+)\.(\d+)", version)
-                if match and (int(match.group(1)), int(match.group(2))) >= (1, 14):
-                    self._txn_max_ops = TXN_MAX_OPS
+                if match:
+                    self._server_version = (int(match.group(1)), int(match.group(2)))
             except ServiceError:
-                pass  # no agent:read: stay with the limit every version accepts
+                pass  # no agent:read: callers fall back to what every version does
+        return self._server_version
+
+    def txn_max_ops(self):
+        """The server's per-transaction operation limit (64 before Consul 1.14, 128 since)."""
+        if self._txn_max_ops is None:
+            version = self.server_version()
+            self._txn_max_ops = TXN_MAX_OPS if version and version >= (1, 14) else TXN_MAX_OPS_LEGACY
         return self._txn_max_ops
+
+    def acl_filtering_visible(self):
+        """``(True, why)`` when a listing that ACLs shortened would be noticed, else ``(False, why)``.
+
+        Consul flags a shortened listing with ``X-Consul-Results-Filtered-By-ACLs`` only from 1.11
+        (docs/upstream.md#consul-results-filtered-by-acls); older servers (1.8.7 checked) never send
+        it.  So a listing is trusted when the server is known to be 1.11 or later, when ACLs are
+        off, or when the token is a management token (nothing is hidden from it); otherwise not.
+        """
+        version = self.server_version()
+        if version is not None and version >= FILTERED_HEADER_SINCE:
+            return True, "Consul %d.%d flags listings shortened by ACLs" % version
+        resp = self.http.request("GET", "/v1/acl/token/self", query=self._query(),
+                                 expect=(200, 401, 403, 404))
+        if resp.status == 401 and "disabled" in resp.text().lower():
+            return True, "ACLs are disabled on this Consul"
+        try:
+            data = json.loads(resp.text()) if resp.status == 200 else None
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            policies = data.get("Policies") or []
+            if data.get("Type") == "management" or any(
+                    p.get("ID") == GLOBAL_MANAGEMENT_POLICY_ID for p in policies if isinstance(p, dict)):
+                return True, "the token is a management token"
+        seen = "Consul %d.%d" % version if version else "a Consul whose version this token cannot read"
+        return False, ("%s does not say whether ACLs hid keys from a listing (X-Consul-Results-Filtered-By-ACLs "
+                       "exists from Consul %d.%d); grant the token agent:read so the version can be checked, or "
+                       "use a management token" % ((seen,) + FILTERED_HEADER_SINCE))
 
     def txn(self, ops):
         """Run one transaction (<= op limit); returns Results or raises ConsulTxnError."""

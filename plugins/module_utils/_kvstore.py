@@ -37,6 +37,7 @@ from ansible_collections.netreap.cilium.plugins.module_utils._consul import (
     CONSUL_ARGUMENT_SPEC,
     ConsulClient,
     ConsulTxnError,
+    key_options_problem,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._etcd import (
     ETCD_ARGUMENT_SPEC,
@@ -254,6 +255,7 @@ class ConsulKV(_Backend):
     def __init__(self, client, max_ops=None):
         super().__init__(max_ops)
         self.client = client
+        self._listings_checked = None
 
     @property
     def request_count(self):
@@ -278,6 +280,18 @@ class ConsulKV(_Backend):
             entries.append(KVEntry(item["Key"], base64.b64decode(value) if value else b"",
                                    int(item.get("ModifyIndex") or 0)))
         return sorted(entries)
+
+    def check_listings_complete(self):
+        """Raise KVStoreError unless a listing shortened by ACLs would have been noticed."""
+        if self._listings_checked is None:
+            try:
+                self._listings_checked = self.client.acl_filtering_visible()
+            except ServiceError as exc:
+                raise KVStoreError(failure_message("check whether Consul may hide keys from this token", exc)
+                                   + ". Nothing was changed", exc)
+        ok, why = self._listings_checked
+        if not ok:
+            raise KVStoreError("cannot trust the Consul listings: %s. Nothing was changed" % why)
 
     def get(self, key):
         entry = self.client.kv_get(key)[0]
@@ -347,6 +361,10 @@ class EtcdKV(_Backend):
     @property
     def request_count(self):
         return self.client.request_count
+
+    @staticmethod
+    def check_listings_complete():
+        """etcd has no ACL filtering of ranges: a range the user may not read fails instead."""
 
     def list(self, prefix):
         items = self.client.list_prefix(prefix)[0]
@@ -589,6 +607,10 @@ def validate_gc_params(params):
         problems.append("gc_state_prefix must be a relative key prefix such as netreap/gc/v1")
     elif prefix.startswith("cilium/"):
         problems.append("gc_state_prefix must not be under cilium/ (marks would look like Cilium state)")
+    else:
+        problems.append(key_options_problem(params, prefixes=("gc_state_prefix",)))
+    problems.append(key_options_problem(params, keys=("lock_key",)))
+    problems = [p for p in problems if p]
     ttl = params["lock_ttl"]
     if params["kvstore"] == "consul" and not 10 <= ttl <= 86400:
         problems.append("lock_ttl must be between 10 and 86400 seconds for a Consul session, not %s" % ttl)

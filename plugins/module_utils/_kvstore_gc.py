@@ -20,6 +20,7 @@ import json
 import re
 import time
 
+from ansible_collections.netreap.cilium.plugins.module_utils._consul import go_path_clean
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import (
     Change,
     absent_prefix,
@@ -101,7 +102,7 @@ def rate_windows(count, rate_limit):
 
 
 def identity_range(cluster_id=0, max_connected_clusters=255):
-    """Identities this cluster allocates (reference §3.2): 256..65535 for cluster ID 0."""
+    """Identities this cluster allocates (docs/upstream.md#kvstore-identity-keys): 256..65535 for cluster ID 0."""
     bits = 15 if max_connected_clusters == 511 else 16
     if cluster_id == 0:
         return MIN_IDENTITY, (1 << bits) - 1
@@ -209,7 +210,8 @@ def node_verdict(nomad_nodes, now, down_after):
 def plan_node_purge(entry, remaining_ips, ipcache, values):
     """Ops and report for a deleted node's other state: ipcache entries whose HostIP is one of
     its IPs and identity value keys with its IP as suffix.  IPs that a remaining node key also
-    carries (an address reused by a live node) are never purged."""
+    carries, or that a node Nomad still knows has (an address reused by a live node), are never
+    purged."""
     ips = node_host_ips(entry.value)
     if ips is None:
         return [], [], "node value is not Cilium node JSON: nothing purged"
@@ -296,6 +298,10 @@ def plan_node_gc(kv_nodes, nomad_nodes, marks, now, cluster_name="default", min_
     for name, entry in nodes.items():
         if name not in deleting:
             remaining_ips |= node_host_ips(entry.value) or set()
+    # ... and every address of a node Nomad still knows (other than the ones being deleted):
+    # its agent may not have written its node key yet, its state is never purged.
+    remaining_ips |= {n.get("Address") for n in nomad_nodes
+                      if n.get("Address") and n.get("Name") not in deleting}
     for name, entry, mark, reason in to_delete:
         mark_key = mprefix + name
         ops, purged, note = [], [], None
@@ -318,15 +324,38 @@ def plan_node_gc(kv_nodes, nomad_nodes, marks, now, cluster_name="default", min_
 
 
 # -- identity GC ----------------------------------------------------------------------------
-def used_label_keys(value_entries):
-    """Label keys (as stored) that some value key refers to: its last ``/`` follows the label
-    key exactly (label keys may contain ``/``; node suffixes do not)."""
-    used = set()
+def value_users(value_entries):
+    """``{value key prefix: [content, ...]}``: for every value key, the part before its last
+    ``/`` (label keys may contain ``/``; node suffixes do not) and what the key holds."""
+    users = {}
     for entry in value_entries:
-        rest = entry.key[len(VALUES_PREFIX):] if entry.key.startswith(VALUES_PREFIX) else ""
-        if "/" in rest:
-            used.add(rest.rsplit("/", 1)[0])
-    return used
+        if entry.key.startswith(VALUES_PREFIX) and "/" in entry.key[len(VALUES_PREFIX):]:
+            users.setdefault(entry.key.rsplit("/", 1)[0], []).append(
+                entry.value.decode("utf-8", "replace"))
+    return users
+
+
+def value_prefix_of(stored):
+    """Where Cilium writes the value keys of a label key (as stored: raw in etcd, base64url in
+    Consul): ``path.Join(value prefix, label key)``, which cleans the path -- ``//`` becomes
+    ``/``, ``.`` and ``x/..`` segments go (docs/upstream.md#cilium-kvstore-value-keys-are-cleaned).
+    None when cleaning leads out of the value prefix (no value key of it can be listed)."""
+    cleaned = go_path_clean(VALUES_PREFIX + stored)
+    if not cleaned.startswith(VALUES_PREFIX) or len(cleaned) == len(VALUES_PREFIX):
+        return None
+    return cleaned
+
+
+def value_must_match_id(cilium_version):
+    """Whether the operator of this Cilium release counts a value key as a user only when it
+    holds the identity's ID: from 1.18.6 and in 1.19 (docs/upstream.md#cilium-value-equals-id).
+    ``cilium_version`` is ``"1.18.6"``-like, or None (unknown: every value key counts, as before
+    1.18.6 -- that never deletes an identity an agent of any release still uses)."""
+    match = re.match(r"^v?(\d+)\.(\d+)(?:\.(\d+))?", cilium_version or "")
+    if not match:
+        return False
+    major, minor, patch = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+    return (major, minor, patch) >= (1, 18, 6)
 
 
 _BASE64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
@@ -352,17 +381,19 @@ def label_key_problem(stored, encoded):
 
 def plan_identity_gc(id_entries, value_entries, marks, now, id_range=(MIN_IDENTITY, 65535),
                      encoded=False, min_age=900, max_delete=None, max_delete_percent=None,
-                     state_prefix="netreap/gc/v1"):
-    """Plan one identity-GC run (cilium-operator's mark/sweep, reference §4.2).
+                     state_prefix="netreap/gc/v1", match_id=False):
+    """Plan one identity-GC run (cilium-operator's mark/sweep, docs/upstream.md#kvstore-identity-gc).
 
     id_entries: master keys ``cilium/state/identities/v1/id/<id>`` (value = label key, base64url
     in Consul: ``encoded``); value_entries: every key under ``.../value/``; marks: KVEntry list
-    under the identity marks prefix.  An identity is in use while any value key refers to its
-    label key.  Deletion also requires (etcd) that still no value key exists at commit time.
+    under the identity marks prefix.  An identity is in use while any value key sits right under
+    its label key's value prefix after Go's path cleaning (``value_prefix_of``); with
+    ``match_id`` (Cilium 1.18.6+) only a value key holding the identity's ID counts.  Deletion
+    also requires (etcd) that still no value key exists under that prefix at commit time.
     """
     plan = Plan()
     mprefix = identity_marks_prefix(state_prefix)
-    used = used_label_keys(value_entries)
+    users = value_users(value_entries)
     mark_entries = {m.key[len(mprefix):]: m for m in marks if m.key.startswith(mprefix)}
     low, high = id_range
     in_range, in_use, to_delete = 0, 0, []
@@ -392,13 +423,23 @@ def plan_identity_gc(id_entries, value_entries, marks, now, id_range=(MIN_IDENTI
         if problem:
             plan.kept.append(dict(item, reason="master key value %s: left alone" % problem))
             continue
-        if stored in used:
+        vprefix = value_prefix_of(stored)
+        if vprefix is None:
+            plan.kept.append(dict(item, reason="label key leaves the value prefix after path cleaning: "
+                                               "its users cannot be listed, left alone"))
+            continue
+        holders = users.get(vprefix, [])
+        if match_id:
+            holders = [v for v in holders if v == raw_id]
+        if holders:
             in_use += 1
             if raw_id in mark_entries:
                 plan.add("unmark", dict(item, mark_key=mark_key, reason="in use again"),
                          [delete_if(mark_key, mark_entries[raw_id].revision)])
             continue
         reason = "unused: no value key refers to it"
+        if match_id and users.get(vprefix):
+            reason = "unused: no value key holds its ID (%s, Cilium 1.18.6+ rule)" % raw_id
         mark = _mark_step(plan, now, min_age, entry, mark_entries.get(raw_id), mark_key, item, reason)
         if mark is not None:
             to_delete.append((raw_id, entry, stored, mark, item, reason))
@@ -409,9 +450,12 @@ def plan_identity_gc(id_entries, value_entries, marks, now, id_range=(MIN_IDENTI
                  [delete_if(mprefix + raw_id, mark_entries[raw_id].revision)])
     for raw_id, entry, stored, mark, item, reason in to_delete:
         mark_key = mprefix + raw_id
-        ops = [absent_prefix(VALUES_PREFIX + stored + "/"),
-               delete_if(mark_key, mark_entries[raw_id].revision),
-               delete_if(entry.key, entry.revision)]
+        vprefix = value_prefix_of(stored)
+        # etcd: no value key may have appeared since the listing.  Under the 1.18.6 rule value
+        # keys holding another ID may stay; then that check cannot be made (as on Consul).
+        guard = [] if users.get(vprefix) else [absent_prefix(vprefix + "/")]
+        ops = guard + [delete_if(mark_key, mark_entries[raw_id].revision),
+                       delete_if(entry.key, entry.revision)]
         plan.add("delete", dict(item, reason=reason, mark_key=mark_key,
                                 marked_since=iso(mark["since"])), ops)
     plan.counts = {"identities": in_range, "in_use": in_use, "unused": in_range - in_use,

@@ -56,7 +56,8 @@ def choose_method(requested, agent, static_dir):
         if caps["policy_methods"]:
             return caps["policy_methods"][0]
         if caps["version"] is None:
-            # An agent whose kvstore is down reports no version; a static policy directory works
+            # Only a 1.18+ agent whose status probes have not all run yet reports no version (the kvstore
+            # state does not matter: docs/upstream.md#cilium-healthz-version); a static policy directory works
             # whatever the version (the agent has one only from 1.16), so use it when we know it.
             if static_dir:
                 return "static-dir"

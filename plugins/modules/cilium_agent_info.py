@@ -52,8 +52,9 @@ seealso:
   - module: netreap.cilium.cilium_endpoint
   - module: netreap.cilium.cilium_policy
 notes:
-  - Cilium reports its version in the C(cilium) status message; an agent whose message carries no version
-    is reported with RV(version=null) and no capabilities.
+  - Cilium reports its version in the C(cilium) status message, also while its kvstore is down. Only an agent of
+    1.18 or later whose status probes have not all run yet (C(Not all probes executed at least once)) reports
+    none; it is reported with RV(version=null) and no capabilities - ask again a moment later.
 """
 
 EXAMPLES = r"""

@@ -15,8 +15,12 @@ description:
     key C(cilium/state/identities/v1/value/<label key>/<node IP>) on a lease. When the last user is gone the value keys
     expire but the master key stays forever, until allocation fails with C(no more available IDs)."
   - An identity is B(in use) while any value key refers to its label key (the last C(/) of the value key follows
-    the label key exactly). With O(kvstore=consul) label keys and master values are base64url-encoded, as Cilium
-    writes them; both are handled.
+    the label key exactly). Cilium builds value keys with Go's C(path.Join), which cleans the path, so the label
+    key is compared after the same cleaning (C(//) becomes C(/), C(.) and C(..) segments are resolved); a label
+    value such as C(https://example.org) is C(https:/example.org) in its value keys. With O(kvstore=consul) label
+    keys and master values are base64url-encoded, as Cilium writes them; both are handled.
+  - With O(cilium_version) 1.18.6 or later a value key counts only when it holds the identity's ID, as the
+    operator of those releases requires.
   - B(Two passes), as the operator does. An unused identity is first I(marked) under O(gc_state_prefix) with the
     master key's revision. A later run deletes it only if it is still unused, its mark is at least O(min_age)
     seconds old, and the master key still has the marked revision (a different revision is marked again). An
@@ -75,6 +79,16 @@ options:
       - Fail, deleting nothing, when a run would delete more than this percentage of this cluster's identities.
         Not set means no percentage cap (identity churn routinely leaves more dead identities than live ones).
     type: float
+  cilium_version:
+    description:
+      - The Cilium release of the agents (C(major.minor.patch), for example V(1.18.6)). From 1.18.6 (and in 1.19)
+        cilium-operator counts a value key as a user only when its content is the identity's ID; with such a
+        release set here this module does the same, so an identity whose only value keys hold another ID (left by
+        an earlier allocation of the same labels) is collected.
+      - Not set means every value key counts, as in every release before 1.18.6. That is never less safe - it only
+        keeps such identities longer - so leave it unset for mixed or unknown releases. The GC runs away from the
+        agents (no agent socket), so the release comes from this option, not from an agent.
+    type: str
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -100,8 +114,12 @@ seealso:
     link: https://github.com/netreap/netreap.cilium/blob/main/docs/kvstore-gc.md
 notes:
   - A Consul token whose ACLs hide part of a listing makes the run fail (Consul answers with a filtered list, which
-    would make used identities look unused).
-  - "Consul ACL: C(key:write) on C(cilium/state/identities/), O(gc_state_prefix) and O(lock_key), C(session:write)."
+    would make used identities look unused). Consul flags such a listing with C(X-Consul-Results-Filtered-By-ACLs)
+    only from 1.11; before a run marks or deletes anything on Consul it therefore checks that the server is 1.11
+    or later (C(/v1/agent/self), needs C(agent:read)), or that ACLs are off or the token is a management token
+    (C(/v1/acl/token/self)); otherwise it fails and changes nothing.
+  - "Consul ACL: C(key:write) on C(cilium/state/identities/), O(gc_state_prefix) and O(lock_key), C(session:write),
+    and C(agent:read) (the Consul version, see above)."
 """
 
 EXAMPLES = r"""
@@ -204,6 +222,7 @@ lock:
   sample: {"key": "netreap/gc/v1/leader", "acquired": true}
 """
 
+import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -224,6 +243,7 @@ from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc import 
     identity_range,
     plan_identity_gc,
     rate_windows,
+    value_must_match_id,
 )
 
 
@@ -236,6 +256,7 @@ def main():
         rate_interval=dict(type="float", default=60.0),
         max_delete=dict(type="int"),
         max_delete_percent=dict(type="float"),
+        cilium_version=dict(type="str"),
     )
     argument_spec.update(KVSTORE_ARGUMENT_SPEC)
     argument_spec.update(GC_ARGUMENT_SPEC)
@@ -245,6 +266,8 @@ def main():
     max_cluster = params["max_connected_clusters"]
     if not 0 <= params["cluster_id"] <= max_cluster:
         problems.append("cluster_id must be between 0 and %d" % max_cluster)
+    if params["cilium_version"] is not None and not re.match(r"^v?\d+\.\d+\.\d+$", params["cilium_version"]):
+        problems.append("cilium_version must be a release such as 1.18.6, not %r" % params["cilium_version"])
     if params["rate_limit"] < 0 or params["rate_interval"] < 0:
         problems.append("rate_limit and rate_interval must not be negative")
     problem = "; ".join(p for p in problems if p)
@@ -260,11 +283,16 @@ def main():
         ids = read_prefix(kv, IDS_PREFIX)
         values = read_prefix(kv, VALUES_PREFIX)
         marks = read_prefix(kv, identity_marks_prefix(params["gc_state_prefix"]))
-        return plan_identity_gc(ids, values, marks, time.time(), id_range=id_range,
+        plan = plan_identity_gc(ids, values, marks, time.time(), id_range=id_range,
                                 encoded=kv.encodes_keys, min_age=params["min_age"],
                                 max_delete=params["max_delete"],
                                 max_delete_percent=params["max_delete_percent"],
-                                state_prefix=params["gc_state_prefix"])
+                                state_prefix=params["gc_state_prefix"],
+                                match_id=value_must_match_id(params["cilium_version"]))
+        if plan.of("mark") or plan.of("delete"):
+            # an identity looks unused: only if no value key can have been hidden from us
+            kv.check_listings_complete()
+        return plan
 
     GCRun(module, kv, "cilium_identity_gc", default_lock_key(params)).execute(
         read_and_plan, windows=lambda plan: rate_windows(len(plan.of("delete")), params["rate_limit"]),

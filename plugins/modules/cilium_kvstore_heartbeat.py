@@ -11,10 +11,17 @@ short_description: Write the Cilium kvstore heartbeat that etcd-backed agents wa
 version_added: 0.1.0
 description:
   - Writes the current time (RFC 3339, UTC) to C(cilium/.heartbeat), as cilium-operator does every minute.
-  - Agents using B(etcd) watch this key; when no update arrives for more than 2 minutes their quorum check fails and,
-    after C(--kvstore-max-consecutive-quorum-errors) failures, they report the kvstore as C(Failure). Without
-    Kubernetes there is no operator, so run this module every minute (a systemd timer, cron, or an AWX schedule).
-    Agents using Consul do not check the heartbeat; writing it there is harmless.
+  - Who needs it depends on the Cilium release of the agents using B(etcd) (agents on Consul never check it; writing
+    it there is harmless). When an agent that checks it sees no update for more than 2 minutes its quorum check
+    fails and, after C(--kvstore-max-consecutive-quorum-errors) more failures, it reports the kvstore as
+    C(Failure).
+  - B(Up to 1.16) any event on the agent's watch of the key resets its 2-minute timer, including the end of the
+    initial listing, so the timer runs from the moment the agent connects. B(1.17 and 1.18.0) start the timer when
+    the agent starts and only writes reset it. Clusters of these releases need this module B(every minute)
+    (a systemd timer, cron, or an AWX schedule); without Kubernetes there is no operator to write it.
+  - B(From 1.18.1) the check runs only for clustermesh clients (an agent's connection to another cluster's
+    kvstore); an agent's own kvstore never degrades without a heartbeat. Run it every minute only on a cluster
+    whose kvstore other clusters connect to.
   - One request per run (a single C(PUT)). The key is not attached to a lease, so it outlives the writer; agents only
     react to updates, never to the stored time.
   - Several writers are harmless, so no leader lock is taken.
@@ -56,6 +63,8 @@ seealso:
   - module: netreap.cilium.cilium_agent_info
 notes:
   - "Consul ACL: C(key:write) on C(cilium/.heartbeat). etcd: write access to that key."
+  - The release rules follow Cilium's etcd client (C(pkg/kvstore/etcd.go)), recorded in the collection's
+    docs/upstream.md (Heartbeat per release) and docs/kvstore-gc.md.
 """
 
 EXAMPLES = r"""

@@ -12,10 +12,11 @@ version_added: 0.1.0
 description:
   - Compares the Cilium node keys C(cilium/state/nodes/v1/<cluster_name>/<node>) in the kvstore (Consul or etcd) with
     Nomad's node list, matched by node B(Name), and deletes the keys of nodes Nomad does not know. Without
-    Kubernetes nothing else removes them before their lease expires, and agents keep health-checking the ghosts.
+    Kubernetes nothing else removes them (in etcd until their lease expires; in Consul never), and agents keep
+    health-checking the ghosts.
   - Optionally (O(down_after)) nodes that Nomad has reported C(down) for longer than a given time are treated as
-    gone too; C(disconnected) nodes never are. Optionally (O(purge_node_state)) a deleted node's other state is
-    deleted with it.
+    gone too; C(disconnected) nodes never are. A deleted node's other state (ipcache entries, identity value keys)
+    is deleted with it, by default with Consul (O(purge_node_state)).
   - B(Two passes.) A run never deletes a node the first time it sees it as stale; it writes a I(mark) under
     O(gc_state_prefix). A later run deletes the key only if the node is still stale, its mark is at least
     O(min_age) seconds old and the key was not written since it was marked (otherwise it is marked again).
@@ -60,11 +61,17 @@ options:
       - When a node key is deleted, also delete, in the same transaction, the ipcache entries
         C(cilium/state/ip/v1/default/<ip>) whose C(HostIP) is one of the node's InternalIP/ExternalIP addresses and
         the identity value keys C(cilium/state/identities/v1/value/<labels>/<node-ip>) it left behind. Each is named
-        in RV(deleted[].purged).
-      - An address that a remaining node key also carries is not purged (an IP reused by a live node).
+        in RV(deleted[].purged). Identities used only on that node then have no user left, and
+        M(netreap.cilium.cilium_identity_gc) collects them within its two passes.
+      - Not set (the default) means V(true) with O(kvstore=consul) and V(false) with O(kvstore=etcd). Cilium's
+        Consul client writes these keys "with its lease", but Consul ignores a session on a plain write, so in
+        Consul they never expire and nothing else ever removes a departed node's state. In etcd they are bound
+        to the agent's lease and expire with it (15 minutes after the agent stops, by default), so purging there
+        only saves that delay, at the cost of listing the whole ipcache and every identity value key.
+      - An address that a remaining node key carries, or that a node Nomad still knows has (its C(Address)), is not
+        purged (an IP reused by a live node, or an agent that has not written its node key yet).
       - Costs two more listings on runs that delete.
     type: bool
-    default: false
   max_delete:
     description:
       - Fail, deleting nothing, when a run would delete more than this many node keys. Raise it deliberately when
@@ -169,7 +176,8 @@ deleted:
       description: When an earlier run first marked the node (RFC 3339).
       type: str
     purged:
-      description: Other keys of the node deleted with it (ipcache entries, identity value keys) when O(purge_node_state=true).
+      description: Other keys of the node deleted with it (ipcache entries, identity value keys) when its state is
+        purged (O(purge_node_state), on by default with Consul).
       type: list
       elements: str
 marked:
@@ -248,6 +256,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.netreap.cilium.plugins.module_utils._consul import key_options_problem
 from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import (
     GC_ARGUMENT_SPEC,
@@ -315,7 +324,7 @@ def main():
         cluster_name=dict(type="str", default="default"),
         min_age=dict(type="int", default=300),
         down_after=dict(type="int"),
-        purge_node_state=dict(type="bool", default=False),
+        purge_node_state=dict(type="bool"),
         max_delete=dict(type="int", default=100),
         max_delete_percent=dict(type="float", default=50.0),
     )
@@ -326,8 +335,9 @@ def main():
     params = module.params
     cluster = params["cluster_name"]
     problem = validate_gc_params(params)
-    if not cluster or "/" in cluster:
-        problem = "cluster_name must be a non-empty name without '/'" + ("; " + problem if problem else "")
+    name_problem = key_options_problem(params, names=("cluster_name",))
+    if name_problem:
+        problem = name_problem + ("; " + problem if problem else "")
     if problem:
         module.fail_json(msg=problem)
     try:
@@ -336,6 +346,11 @@ def main():
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     nomad_view = NomadView(nomad)
+    # Consul never expires an agent's keys (docs/upstream.md#cilium-consul-keys-never-expire): purge
+    # by default there; etcd removes them with the agent's lease.
+    purge_state = params["purge_node_state"]
+    if purge_state is None:
+        purge_state = params["kvstore"] == "consul"
 
     def read_and_plan():
         kv_nodes = read_prefix(kv, node_prefix(cluster))
@@ -348,7 +363,7 @@ def main():
                        state_prefix=params["gc_state_prefix"])
         now = time.time()
         plan = plan_node_gc(kv_nodes, nomad_nodes, marks, now, **options)
-        if params["purge_node_state"] and plan.of("delete") and not plan.refusal:
+        if purge_state and plan.of("delete") and not plan.refusal:
             purge = {"ipcache": read_prefix(kv, IPCACHE_PREFIX), "values": read_prefix(kv, VALUES_PREFIX)}
             plan = plan_node_gc(kv_nodes, nomad_nodes, marks, now, purge=purge, **options)
         return plan

@@ -277,6 +277,7 @@ from ansible_collections.netreap.cilium.plugins.module_utils._cilium import (
 from ansible_collections.netreap.cilium.plugins.module_utils._consul import (
     CONSUL_ARGUMENT_SPEC,
     ConsulClient,
+    fail_on_key_options,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
 from ansible_collections.netreap.cilium.plugins.module_utils import _policy as pol
@@ -547,6 +548,7 @@ def main():
     argument_spec.update(CONSUL_ARGUMENT_SPEC)
     argument_spec.update(CILIUM_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    fail_on_key_options(module, keys=("consul_key",))
     try:
         result = run(module)
     except PolicyFailure as exc:

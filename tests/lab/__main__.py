@@ -21,12 +21,13 @@ def _add_lab_options(parser):
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--cilium", default="1.16", help="version profile: 1.13 … 1.19")
     parser.add_argument("--kvstore", choices=("consul", "etcd"), default=None,
-                        help="default: consul up to 1.16, etcd from 1.17")
+                        help="default: consul up to 1.16, etcd from 1.17")  # docs/upstream.md#kvstore-backends
     parser.add_argument("--scenario", default="clean")
     parser.add_argument("--acl", action="store_true", help="turn on Consul and Nomad ACLs")
     parser.add_argument("--tls", nargs="?", const="tls", choices=("tls", "mtls"), default=None,
                         help="serve Consul, Nomad and etcd over HTTPS with a CA made at start "
                              "(<state-dir>/tls); --tls mtls also requires client certificates")
+    # 2 x HeartbeatWriteInterval (docs/upstream.md#kvstore-heartbeat).
     parser.add_argument("--heartbeat-timeout", type=float, default=120.0,
                         help="seconds without a kvstore heartbeat before etcd agents degrade")
 

@@ -26,6 +26,12 @@ profile (``PROFILES``, 1.13 .. 1.19), and where it knowingly differs from the re
   the lab answer 429 immediately for requests beyond ``burst`` per limiter per second.
 
 Not modelled: datapath, BPF, the service/IPAM/ipcache APIs, identity GC, CRD mode, K8s.
+
+Upstream sources (cilium/cilium release branches 1.15-1.18, per release where they differ) are
+recorded in docs/upstream.md: transport and errors #cilium-api-transport, endpoint IDs
+#cilium-api-endpoint-ids, endpoint/identity API #cilium-api-endpoints, PATCH
+#cilium-api-patch-endpoint, rate limits #cilium-api-rate-limits, healthz #cilium-api-healthz,
+release differences #cilium-api-releases.
 """
 
 import copy
@@ -48,7 +54,7 @@ __all__ = ["PROFILES", "CiliumAgentSim", "InMemoryIdentityAllocator", "profile_f
 
 
 # --------------------------------------------------------------------------------------------
-# Version profiles
+# Version profiles (non-policy flags: docs/upstream.md#cilium-api-releases, #kvstore-backends)
 # --------------------------------------------------------------------------------------------
 
 def _profile(minor, patch):
@@ -96,6 +102,15 @@ def _profile(minor, patch):
         "enable_default_deny_field": minor >= 16,
         # --tunnel was replaced by --routing-mode/--tunnel-protocol (deprecated 1.14, gone 1.15).
         "tunnel_flag": minor <= 14,
+        # The etcd heartbeat check (tests/lab/kvstore.py HeartbeatWatch,
+        # docs/upstream.md#cilium-heartbeat-per-release): any watch event resets the timer up to
+        # 1.16, the timer starts at agent start in 1.17 (and 1.18.0), clustermesh clients only
+        # from 1.18.1 (the 1.18 profile is 1.18.2).
+        "heartbeat_check": ("watch-events" if minor <= 16 else "agent-start" if minor == 17
+                            else "clustermesh-only"),
+        # /v1/healthz before every status probe ran once: from 1.18.0 "Not all probes executed
+        # at least once" without the version (docs/upstream.md#cilium-healthz-version).
+        "probes_pending_status": minor >= 18,
     }
 
 
@@ -120,7 +135,7 @@ def profile_for(version):
     return PROFILES[key]
 
 
-# Reserved identities (pkg/identity/numericidentity.go).
+# Reserved identities (pkg/identity/numericidentity.go; docs/upstream.md#cilium-api-labels).
 RESERVED_IDENTITIES = {
     "host": 1, "world": 2, "unmanaged": 3, "health": 4, "init": 5, "remote-node": 6,
     "kube-apiserver": 7, "ingress": 8, "world-ipv4": 9, "world-ipv6": 10,
@@ -129,7 +144,8 @@ RESERVED_IDENTITIES = {
 _ENDPOINT_STATES = ["waiting-for-identity", "not-ready", "waiting-to-regenerate", "regenerating",
                     "restoring", "ready", "disconnecting", "disconnected", "invalid"]
 
-# Default --labels filter (pkg/labelsfilter defaultLabelPrefixCfg): (source, regex, ignore).
+# Default --labels filter (pkg/labelsfilter/filter.go defaultLabelPrefixCfg, 1.16;
+# docs/upstream.md#cilium-api-patch-endpoint): (source, regex, ignore).
 _DEFAULT_LABEL_PREFIXES = [
     ("reserved", ".*", False),
     ("", re.escape("io.kubernetes.pod.namespace"), False),
@@ -146,13 +162,15 @@ _DEFAULT_LABEL_PREFIXES = [
     ("", r"etcd_node", True),
 ]
 
-# --api-rate-limit defaults: max wait per limiter, used in the 429 message only.
+# --api-rate-limit defaults: max wait per limiter, used in the 429 message only
+# (daemon/restapi/api_limits.go, 1.16; docs/upstream.md#cilium-api-rate-limits).
 _RATE_LIMIT_MAX_WAIT = {"endpoint-create": 60.0, "endpoint-delete": 0.0, "endpoint-get": 10.0,
                         "endpoint-patch": 15.0, "endpoint-list": 0.0}
 
 
 class LabelFilter:
-    """``--labels`` (pkg/labelsfilter): which endpoint labels are identity-relevant.
+    """``--labels`` (pkg/labelsfilter/filter.go ``filterLabels``, 1.16): which endpoint labels are
+    identity-relevant.
 
     ``label_filter=None`` is the agent default: everything is identity-relevant except the
     well-known noisy K8s prefixes (``io.kubernetes``, ``kubernetes.io``, ``pod-template-hash``,
@@ -205,7 +223,7 @@ class InMemoryIdentityAllocator:
     """Default identity allocator: stable numeric IDs per label key, reference counted.
 
     IDs start at 256 for cluster-id 0 and at ``cluster_id << 16`` otherwise, like the kvstore
-    allocator's local-cluster range.  ``release`` drops a reference; the ID stays bound to its
+    allocator's local-cluster range (docs/upstream.md#kvstore-identity-keys).  ``release`` drops a reference; the ID stays bound to its
     labels (master keys outlive their users until identity GC, which is not modelled here).
     """
 
@@ -269,7 +287,7 @@ _json_kind = httpd.json_kind
 
 
 # --------------------------------------------------------------------------------------------
-# Responses
+# Responses (go-openapi runtime, pkg/api/apierror.go; docs/upstream.md#cilium-api-transport)
 # --------------------------------------------------------------------------------------------
 
 def _model(obj, status=200, headers=None):
@@ -301,7 +319,7 @@ class _Reject(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# Endpoint state
+# Endpoint state (pkg/endpoint, api/v1/models; docs/upstream.md#cilium-api-endpoints)
 # --------------------------------------------------------------------------------------------
 
 class _Endpoint:
@@ -372,7 +390,9 @@ class CiliumAgentSim(httpd.Service):
         if kvstore not in ("etcd", "consul"):
             raise ValueError('unknown key-value store type "%s"' % kvstore)
         if kvstore == "consul" and not self.profile["consul_kvstore"]:
-            # 1.17+ agents refuse to start; wording of the fatal log line UNCONFIRMED.
+            # 1.17+ agents refuse to start: 'unknown key-value store type "consul". See
+            # cilium.link/err-kvstore for details' (pkg/kvstore/config.go, 1.17.10;
+            # docs/upstream.md#kvstore-backends).  The lab's message differs.
             raise ValueError('unknown key-value store type "consul" (Consul support was removed in 1.17)')
         if static_policy_dir is not None and not self.profile["static_policy_dir"]:
             raise ValueError("unknown flag: --static-cnp-path")  # pflag refuses unknown flags
@@ -381,6 +401,7 @@ class CiliumAgentSim(httpd.Service):
             {"etcd.config": "/var/lib/cilium/etcd-config.yml"} if kvstore == "etcd"
             else {"consul.address": "127.0.0.1:8500"})
         self._kvstore_status = kvstore_status
+        self.probes_pending = False  # True: a 1.18+ agent whose status probes have not all run yet
         self.cluster_name = cluster_name
         self.cluster_id = cluster_id
         self.node_ip = node_ip
@@ -750,7 +771,10 @@ class CiliumAgentSim(httpd.Service):
                            "security-relevant": _model_strings(ep.identity_labels)}}
 
     def _lookup(self, raw_id):
-        """``endpointmanager.Lookup``: returns the endpoint or None; bad IDs raise 400."""
+        """``endpointmanager.Lookup``: returns the endpoint or None; bad IDs raise 400.
+
+        pkg/endpoint/id/id.go (1.15-1.18); docs/upstream.md#cilium-api-endpoint-ids.
+        """
         prefix, value = raw_id.split(":", 1) if ":" in raw_id else ("cilium-local", raw_id)
         known = {"cilium-local", "cilium-global", "container-id", "docker-endpoint", "container-name",
                  "pod-name", "ipv4", "ipv6"}
@@ -815,6 +839,8 @@ class CiliumAgentSim(httpd.Service):
     # ---------------------------------------------------------------- request plumbing -------
 
     def _rate_limiter(self, req):
+        # Limiter per request kind as in daemon/restapi/api_limits.go (1.16); the lab's 429 rule is
+        # a simplification, see the module docstring and docs/upstream.md#cilium-api-rate-limits.
         if not self._rate_limit:
             return None
         path = req.path
@@ -845,6 +871,7 @@ class CiliumAgentSim(httpd.Service):
                           % (_go_duration(wait), _go_duration(_RATE_LIMIT_MAX_WAIT[limiter])))
 
     def not_found(self, req):
+        # go-openapi router (docs/upstream.md#cilium-api-transport; texts UNCONFIRMED live).
         return _swagger_error(404, 404, "path %s was not found" % req.raw_path)
 
     def method_not_allowed(self, req):
@@ -889,7 +916,10 @@ class CiliumAgentSim(httpd.Service):
         # DELETE /v1/policy with 405 (method not allowed), not 404.
 
     def _body(self, req, param, required):
-        """Bind a JSON body parameter like go-openapi.  Returns (present, value)."""
+        """Bind a JSON body parameter like go-openapi.  Returns (present, value).
+
+        docs/upstream.md#cilium-api-transport (415/400/422 texts UNCONFIRMED against a live agent).
+        """
         if req.body:
             ctype = (req.header("content-type") or "application/octet-stream").split(";")[0].strip().lower()
             if ctype != "application/json":
@@ -957,6 +987,7 @@ class CiliumAgentSim(httpd.Service):
     # ------------------------------------------------------------------------- handlers ------
 
     def _kv_status(self):
+        # Message shapes of pkg/kvstore/etcd.go / consul.go status (docs/upstream.md#cilium-api-healthz).
         if self._kvstore_status is not None:
             state, msg = self._kvstore_status()
             return {"state": state, "msg": msg}
@@ -975,6 +1006,8 @@ class CiliumAgentSim(httpd.Service):
                 "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, "cilium-sim/%s/%s" % (self.node_name, name)))}
 
     def _h_healthz(self, req):
+        # daemon/cmd/status.go (<= 1.17), pkg/status/status_collector.go (1.18+);
+        # docs/upstream.md#cilium-api-healthz.
         self.sync_static_policies()
         with self.lock:
             self._retry_pending()
@@ -1005,14 +1038,22 @@ class CiliumAgentSim(httpd.Service):
                 }
                 if status["proxy"] is None:
                     del status["proxy"]
-            if kv["state"] != "Ok":
-                status["cilium"] = {"state": kv["state"], "msg": "Kvstore service is not ready: " + kv["msg"]}
+            # daemon/cmd/status.go (docs/upstream.md#cilium-healthz-version): the message carries
+            # the version in every state except 1.19's "Not all probes executed at least once".
+            version = self.profile["full_version"]
+            version_msg = "%s (v%s-%s)" % (version, version, _GIT_REVISION)
+            if self.probes_pending and self.profile["probes_pending_status"]:
+                status["cilium"] = {"state": "Warning", "msg": "Not all probes executed at least once"}
+            elif kv["state"] not in ("Ok", "Disabled"):
+                status["cilium"] = {"state": kv["state"],
+                                    "msg": "%s    Kvstore service is not ready: %s" % (version_msg, kv["msg"])}
             else:
-                version = self.profile["full_version"]
-                status["cilium"] = {"state": "Ok", "msg": "%s (v%s-%s)" % (version, version, _GIT_REVISION)}
+                status["cilium"] = {"state": "Ok", "msg": version_msg}
         return _model(status)  # 200 even when degraded; `cilium status` derives its exit code
 
     def _h_config(self, req):
+        # DaemonConfiguration (api/v1/models; docs/upstream.md#cilium-api-endpoints).  The option
+        # values and daemonConfigurationMap keys are a plausible subset (UNCONFIRMED per release).
         options = {"Conntrack": "Enabled", "ConntrackAccounting": "Enabled", "Debug": "Disabled",
                    "DebugLB": "Disabled", "DropNotification": "Enabled", "MonitorAggregationLevel": "Medium",
                    "PolicyAuditMode": "Disabled", "PolicyTracing": "Disabled",
@@ -1050,6 +1091,7 @@ class CiliumAgentSim(httpd.Service):
         })
 
     def _h_endpoint_list(self, req):
+        # Labels filter in the body (api/v1/openapi.yaml; docs/upstream.md#cilium-api-endpoints).
         labels = self._labels_body(req)
         with self.lock:
             self._retry_pending()
@@ -1087,7 +1129,9 @@ class CiliumAgentSim(httpd.Service):
                 return _api_error(400, "endpoint ID must be a cilium-local ID")  # UNCONFIRMED wording
             number = self._parse_cilium_id(value)
             if number and number in self._endpoints:
-                return _api_error(409, "endpoint ID %d already exists" % number)  # UNCONFIRMED wording
+                # Differs from the agent: 1.16.7 answers 400 with this text (daemon/cmd/endpoint.go
+                # invalidDataError); the spec's 409 is not used for it (docs/upstream.md#cilium-api-endpoints).
+                return _api_error(409, "endpoint ID %d already exists" % number)
             model = self.add_endpoint(container_id=body.get("container-id") or None,
                                       labels=body.get("labels") or [],
                                       ipv4=(body.get("addressing") or {}).get("ipv4"),
@@ -1104,6 +1148,7 @@ class CiliumAgentSim(httpd.Service):
         return _empty(201)
 
     def _h_endpoint_patch(self, req):
+        # pkg/endpoint/api.go ProcessChangeRequest (1.15-1.18); docs/upstream.md#cilium-api-patch-endpoint.
         body = self._change_request(req)  # NewEndpointFromChangeModel validates before the lookup
         with self.lock:
             ep = self._lookup(req.params["id"])
@@ -1152,6 +1197,7 @@ class CiliumAgentSim(httpd.Service):
         return _empty(200)
 
     def _h_endpoint_batch_delete(self, req):
+        # 1.15+ (docs/upstream.md#cilium-api-endpoint-ids, first patch UNCONFIRMED).
         _present, body = self._body(req, "endpoint", True)
         if not isinstance(body, dict):
             self._type_error("endpoint", body, "models.EndpointBatchDeleteRequest")
@@ -1159,11 +1205,12 @@ class CiliumAgentSim(httpd.Service):
         if not isinstance(container_id, str):
             self._type_error("endpoint", container_id, "string")
         if not container_id:
-            return _api_error(400, "invalid container id")  # wording UNCONFIRMED
+            return _api_error(400, "invalid container id")  # daemon/cmd/endpoint.go, 1.16.7
         with self.lock:
             eps = [ep for ep in self._endpoints.values() if ep.container_id == container_id]
             if not eps:
-                return _api_error(404, "endpoint not found")  # wording UNCONFIRMED
+                # 1.16.7 says "endpoints not found" (daemon/cmd/endpoint.go); body on the wire UNCONFIRMED.
+                return _api_error(404, "endpoint not found")
             for ep in eps:
                 self.remove_endpoint(ep.id)
         return _empty(200)
@@ -1176,6 +1223,7 @@ class CiliumAgentSim(httpd.Service):
             return _model(self._label_config_model(ep))
 
     def _h_labels_patch(self, req):
+        # Desired user labels, diffed by the agent (docs/upstream.md#cilium-api-endpoints).
         _present, body = self._body(req, "configuration", True)
         if body is None:
             body = {}
@@ -1213,6 +1261,7 @@ class CiliumAgentSim(httpd.Service):
         return out
 
     def _h_identity_list(self, req):
+        # api/v1/openapi.yaml GET /identity (docs/upstream.md#cilium-api-endpoints).
         labels = self._labels_body(req)
         with self.lock:
             identities = self._identities()

@@ -3,10 +3,11 @@
 An API-faithful, in-process model of one Consul server agent (leader of a one-node cluster):
 KV with CAS, locks, tombstones and blocking queries; atomic ``/v1/txn``; sessions with TTL,
 lock-delay and release/delete behaviour; token ACLs with Consul's wording; ``/v1/status/*`` and
-``/v1/agent/self``.  Behaviour follows /work/shared/reference/nomad-consul.md sections 6-10 and
-Consul's own source (``agent/kvs_endpoint.go``, ``agent/consul/state/kvs.go``, ``state/txn.go``,
-``agent/session_endpoint.go``, ``agent/blockingquery``).  Where the reference marks something
-UNCONFIRMED, the choice made here is commented at the place it is made.
+``/v1/agent/self``.  Behaviour follows Consul 1.16.0 (tag ``v1.16.0`` of hashicorp/consul:
+``agent/kvs_endpoint.go``, ``agent/consul/state/kvs.go``, ``state/txn.go``,
+``agent/session_endpoint.go``, ``agent/blockingquery``), recorded in docs/upstream.md#consul-http
+and the entries after it; ``version`` switches the few differences by release.  Where a fact
+is UNCONFIRMED, the choice made here is commented at the place it is made.
 
 Time: TTLs and lock-delays run on the sim clock (``clock() + advance()`` offset) so tests can
 skip ahead; blocking-query waits run on real time because the HTTP client waits in real time.
@@ -22,12 +23,13 @@ import re
 import threading
 import time
 import uuid
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 from . import httpd
+from .kvstore import go_path_clean
 
 # --------------------------------------------------------------------------------------------
-# Constants taken from Consul
+# Constants taken from Consul (v1.16.0; docs/upstream.md#consul-sessions, #consul-blocking)
 # --------------------------------------------------------------------------------------------
 
 ANONYMOUS_ACCESSOR_ID = "00000000-0000-0000-0000-000000000002"
@@ -47,6 +49,7 @@ SERF_CHECK_ID = "serfHealth"
 LEADER_ADDRESS = "127.0.0.1:8300"
 KV_MAX_VALUE_SIZE_DOC = ("https://developer.hashicorp.com/docs/agent/config/config-files"
                          "#kv_max_value_size")
+TXN_MAX_REQ_LEN_DOC = "https://www.consul.io/docs/agent/config/config-files#txn_max_req_len"
 
 # A fresh cluster has already written some internal raft entries (raft config, autopilot, CA
 # config...), so the first user write does not get index 1.  Starting above 1 also catches
@@ -354,6 +357,8 @@ class _KVOp:
 # --------------------------------------------------------------------------------------------
 
 class ConsulSim(httpd.Service):
+    server_header = False  # Consul sends no Server header (verified on Consul 1.16.0)
+
     """One Consul server agent, leader of a one-node cluster."""
 
     BLOCKING_POLL_S = 0.1  # blocking waits re-check TTL expiry this often
@@ -501,16 +506,45 @@ class ConsulSim(httpd.Service):
         self._route(["GET"], r"/v1/status/leader", self._status_leader)
         self._route(["GET"], r"/v1/status/peers", self._status_peers)
         self._route(["GET"], r"/v1/agent/self", self._agent_self)
+        self._route(["GET"], r"/v1/acl/token/self", self._acl_token_self)
 
     def dispatch(self, req):
+        redirect = self._mux_redirect(req)
+        if redirect is not None:
+            return redirect
         with self.lock:
             self._reap_expired_sessions()
         resp = super().dispatch(req)
-        # agent/http.go wrap(): set on every wrapped response since 1.9.  With ACLs disabled
-        # the agent's acl.default_policy config default is "allow".
+        # agent/http.go wrap(): set on every wrapped response since 1.9
+        # (docs/upstream.md#consul-http).  With ACLs disabled the agent's acl.default_policy
+        # config default is "allow".
         policy = self.default_policy if self.acl_enabled else "allow"
         resp.headers.setdefault("X-Consul-Default-ACL-Policy", policy)
+        # gzip handler around every API response (verified on Consul 1.16.0)
+        resp.headers.setdefault("Vary", "Accept-Encoding")
         return resp
+
+    @staticmethod
+    def _mux_redirect(req):
+        """Go's http.ServeMux (Go 1.21, which builds Consul 1.16) answers a path that path.Clean
+        would change -- ``a//b``, ``a/./b``, ``a/../b``, a trailing ``/.`` -- with a 301 to the
+        cleaned path (a trailing ``/`` is kept) before Consul sees the request: nothing is written
+        (docs/upstream.md#consul-cleans-kv-paths; verified on Consul 1.16.0).  ``/v1/kv`` gets
+        a 301 to ``/v1/kv/`` (only the subtree pattern is registered).  GET and HEAD answers
+        carry a small HTML body; none carries Consul's own headers."""
+        path = req.path
+        cleaned = go_path_clean(path if path.startswith("/") else "/" + path)
+        if path.endswith("/") and cleaned != "/":
+            cleaned += "/"
+        if cleaned == "/v1/kv":
+            cleaned = "/v1/kv/"
+        if cleaned == path:
+            return None
+        location = quote(cleaned, safe="/:@!$&'()*+,;=-._~") + ("?" + req.raw_query if req.raw_query else "")
+        if req.method in ("GET", "HEAD"):
+            body = '<a href="%s">Moved Permanently</a>.\n\n' % location
+            return httpd.Response(301, body.encode(), "text/html; charset=utf-8", {"Location": location})
+        return httpd.Response(301, b"", None, {"Location": location})
 
     def not_found(self, req):
         # Unregistered paths fall through to Consul's index handler.
@@ -542,7 +576,7 @@ class ConsulSim(httpd.Service):
         return httpd.Response(status, body.encode("utf-8"), "application/json", headers)
 
     # ----------------------------------------------------------------------------------------
-    # Request parsing shared by endpoints (agent/http.go)
+    # Request parsing shared by endpoints (agent/http.go, v1.16.0; docs/upstream.md#consul-http)
     # ----------------------------------------------------------------------------------------
 
     @staticmethod
@@ -616,9 +650,10 @@ class ConsulSim(httpd.Service):
     def _query_headers(self, index, opts=None, filtered=False):
         """setMeta(): X-Consul-Index (never 0), KnownLeader, LastContact, filtered-by-ACLs."""
         headers = {"X-Consul-Index": str(max(index, 1)), "X-Consul-KnownLeader": "true",
-                   "X-Consul-LastContact": "0"}
+                   "X-Consul-LastContact": "0", "X-Consul-Query-Backend": "blocking-query"}
         # maskResultsFilteredByACLs: an anonymous caller is never told results were hidden.
-        if filtered and opts is not None and opts.token:
+        # Sent from 1.11 only; 1.8.7 never sends it (docs/upstream.md#consul-acl-filtering).
+        if filtered and opts is not None and opts.token and self.version_tuple >= (1, 11):
             headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
         return headers
 
@@ -651,7 +686,7 @@ class ConsulSim(httpd.Service):
         return index, result
 
     # ----------------------------------------------------------------------------------------
-    # KV state (agent/consul/state/kvs.go)
+    # KV state (agent/consul/state/kvs.go, v1.16.0; docs/upstream.md#consul-kv)
     # ----------------------------------------------------------------------------------------
 
     def _kvs_max_index(self):
@@ -763,7 +798,7 @@ class ConsulSim(httpd.Service):
         return expires is not None and expires > self._now()
 
     # ----------------------------------------------------------------------------------------
-    # Sessions state
+    # Sessions state (agent/consul/state/session.go, v1.16.0; docs/upstream.md#consul-sessions)
     # ----------------------------------------------------------------------------------------
 
     def _invalidate_session(self, sid):
@@ -796,7 +831,7 @@ class ConsulSim(httpd.Service):
             self._invalidate_session(sid)
 
     # ----------------------------------------------------------------------------------------
-    # KV HTTP endpoint (agent/kvs_endpoint.go)
+    # KV HTTP endpoint (agent/kvs_endpoint.go, v1.16.0; docs/upstream.md#consul-kv)
     # ----------------------------------------------------------------------------------------
 
     def _kv_endpoint(self, req):
@@ -814,18 +849,16 @@ class ConsulSim(httpd.Service):
             return self._kv_delete(req, opts, key)
 
     def _validate_key(self, key):
-        # UNCONFIRMED: a leading "/" (e.g. GET /v1/kv//foo).  Go's mux would redirect the
-        # double slash on older agents; recent agents validate keys with this 400 text (from
-        # validateKVKey).  Clients assert it away anyway; we answer 400.
-        if key.startswith("/"):
-            raise _text_error(400, "key must not begin with a '/'")
+        # A leading "/" (GET /v1/kv//foo) never gets here: the path holds "//" and
+        # _mux_redirect answers 301 first, as Consul 1.16.0 does.
         # UNCONFIRMED status: since 1.21.6/1.22 path traversal is rejected (CVE-2025-11392).
         if self.version_tuple >= (1, 21, 6) and ("../" in key or "..\\" in key):
             raise _text_error(400, "key contains path traversal sequence")
 
     def _conflicting_flags(self, req, *flags):
         if sum(1 for flag in flags if req.has(flag)) > 1:
-            raise _text_error(400, "Conflicting flags: %s\n" % _go_values_encode(req.query))
+            # no trailing newline (verified on Consul 1.16.0)
+            raise _text_error(400, "Conflicting flags: %s" % _go_values_encode(req.query))
 
     def _kv_get(self, req, opts, key):
         recurse = req.has("recurse")
@@ -967,12 +1000,15 @@ class ConsulSim(httpd.Service):
 
     # ----------------------------------------------------------------------------------------
     # Transactions (agent/txn_endpoint.go, agent/consul/txn_endpoint.go, state/txn.go)
+    # v1.16.0; docs/upstream.md#consul-txn
     # ----------------------------------------------------------------------------------------
 
     def _txn(self, req):
         max_len = max(self.txn_max_req_len, self.kv_max_value_size)
         if len(req.body) > max_len:
-            raise _text_error(413, "Request body too large, max size: %d bytes" % max_len)
+            # wording verified on Consul 1.16.0
+            raise _text_error(413, "Request body(%d bytes) too large, max size: %d bytes. See %s."
+                              % (len(req.body), max_len, TXN_MAX_REQ_LEN_DOC))
         ops = self._decode_txn_body(req.body)
         if len(ops) > self.txn_max_ops:
             raise _text_error(413, "Transaction contains too many operations (%d > %d)"
@@ -997,17 +1033,26 @@ class ConsulSim(httpd.Service):
             if not errors:
                 results, errors = self._txn_apply(ops, read_only)
             headers = {}
+            # A read-only transaction answers with its QueryMeta next to Results/Errors
+            # (verified on Consul 1.16.0: Index 1, the other fields at their zero values).
+            meta = {}
             if read_only:
                 headers = {"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
+                meta = {"Index": 1, "LastContact": 0, "KnownLeader": True, "ConsistencyLevel": "",
+                        "NotModified": False, "Backend": 0, "ResultsFilteredByACLs": False}
             if errors:
                 body = {"Results": None,
                         "Errors": [{"OpIndex": i, "What": what} for i, what in errors]}
+                body.update(meta)
                 return self._json(req, body, 409, headers)
             # FilterTxnResults: results for keys the token cannot read are dropped.
-            body = {"Results": [{"KV": entry.to_api(with_value=keep_value)}
-                                for entry, keep_value in results
-                                if authz.allowed("key", "read", entry.key)],
-                    "Errors": None}
+            kept = [{"KV": entry.to_api(with_value=keep_value)} for entry, keep_value in results
+                    if authz.allowed("key", "read", entry.key)]
+            body = {"Results": kept, "Errors": None}
+            if meta:  # UNCONFIRMED: set like the listing header would be
+                meta["ResultsFilteredByACLs"] = len(kept) < len(results) and bool(opts.token) \
+                    and self.version_tuple >= (1, 11)
+            body.update(meta)
             return self._json(req, body, 200, headers)
 
     def _decode_txn_body(self, body):
@@ -1207,6 +1252,7 @@ class ConsulSim(httpd.Service):
 
     # ----------------------------------------------------------------------------------------
     # Sessions HTTP endpoints (agent/session_endpoint.go, agent/consul/session_endpoint.go)
+    # v1.16.0; docs/upstream.md#consul-sessions
     # ----------------------------------------------------------------------------------------
 
     def _session_create(self, req):
@@ -1245,7 +1291,8 @@ class ConsulSim(httpd.Service):
         """sessionCreateTxn: the node and every linked check must exist (and not be critical;
         the lab's only check, serfHealth on the agent's node, is always passing)."""
         if spec["Node"] not in self.nodes:
-            raise _text_error(500, "Missing node registration")
+            # the raft apply's error, prefixed (verified on Consul 1.16.0)
+            raise _text_error(500, "apply failed: Missing node registration")
         # Checks (deprecated) only survives the fixup when it names something other than
         # serfHealth; it is validated but never shown (omitempty since 1.7).
         check_ids = list(spec["NodeChecks"] or []) + list(spec["Checks"] or [])
@@ -1404,7 +1451,8 @@ class ConsulSim(httpd.Service):
             req, opts, lambda: [s for unused, s in sorted(self._sessions.items()) if s.node == node])
 
     # ----------------------------------------------------------------------------------------
-    # Status and agent
+    # Status and agent (agent/status_endpoint.go, agent/agent_endpoint.go, v1.16.0;
+    # docs/upstream.md#consul-status-agent).  The agent/self body is a subset of 1.16.0's.
     # ----------------------------------------------------------------------------------------
 
     def _status_leader(self, req):
@@ -1412,6 +1460,25 @@ class ConsulSim(httpd.Service):
 
     def _status_peers(self, req):
         return self._json(req, [LEADER_ADDRESS])
+
+    def _acl_token_self(self, req):
+        """agent/acl_endpoint.go ACLTokenSelf: 401 "ACL support disabled" without ACLs (verified on
+        Consul 1.16.0); otherwise the caller's own token (no permission needed).  The lab's
+        tokens carry one policy of their own, the management token global-management."""
+        if not self.acl_enabled:
+            raise _text_error(401, "ACL support disabled")
+        with self.lock:
+            opts = self._light_options(req)
+            authz = self._resolve_token(opts)
+        if getattr(authz, "management", False):
+            policies = [{"ID": "00000000-0000-0000-0000-000000000001", "Name": "global-management"}]
+        else:
+            policies = [{"ID": str(uuid.uuid5(uuid.NAMESPACE_URL, "lab-policy/" + authz.accessor_id)),
+                         "Name": "lab-%s" % authz.accessor_id[:8]}]
+        return self._json(req, {"AccessorID": authz.accessor_id, "SecretID": authz.secret,
+                                "Description": "", "Policies": policies, "Local": False,
+                                "CreateTime": "2023-06-26T00:00:00Z", "Hash": "", "CreateIndex": 1,
+                                "ModifyIndex": 1})
 
     def _agent_self(self, req):
         with self.lock:
@@ -1437,3 +1504,213 @@ class ConsulSim(httpd.Service):
             "xDS": {"SupportedProxies": {"envoy": ["1.26.2", "1.25.7"]}, "Port": -1,
                     "Ports": {"Plaintext": -1, "TLS": -1}},
         })
+
+
+# --------------------------------------------------------------------------------------------
+# A real Consul server next to the simulator (tests that run against both)
+# --------------------------------------------------------------------------------------------
+
+def find_consul():
+    """The real Consul binary named by $CONSUL_BIN, or None (tests against it then skip)."""
+    import os
+    path = os.environ.get("CONSUL_BIN")
+    if path and os.path.isfile(path) and os.access(path, os.X_OK):
+        return path
+    return None
+
+
+CONSUL_SKIP_REASON = "set CONSUL_BIN to a Consul server binary (1.16.0) to run this against a real Consul"
+
+
+class RealConsul:
+    """A throw-away single-node Consul server on free loopback ports with its state in a temp
+    directory, named ``lab-consul`` in datacenter ``dc1`` like the simulator.  With ``acl``
+    ACLs are on (default deny) and ``management_token`` is the initial management token."""
+
+    def __init__(self, binary=None, acl=False, node_name="lab-consul"):
+        self.binary = binary or find_consul()
+        if self.binary is None:
+            raise RuntimeError(CONSUL_SKIP_REASON)
+        self.acl = acl
+        self.node_name = node_name
+        self.management_token = str(uuid.uuid4()) if acl else None
+        self.process = None
+        self.data_dir = None
+        self.port = None
+        self.server_port = None
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    @property
+    def leader(self):
+        return "127.0.0.1:%d" % self.server_port
+
+    def start(self, timeout=60.0):
+        import os
+        import subprocess
+        import tempfile
+        from tests.lab.etcd import free_port
+
+        self.data_dir = tempfile.mkdtemp(prefix="consul-", dir="/tmp")
+        self.port, self.server_port = free_port(), free_port()
+        args = [self.binary, "agent", "-server", "-bootstrap-expect=1", "-bind=127.0.0.1",
+                "-client=127.0.0.1", "-data-dir", os.path.join(self.data_dir, "data"),
+                "-node", self.node_name, "-datacenter", "dc1", "-log-level", "warn",
+                "-http-port=%d" % self.port, "-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1",
+                "-serf-lan-port=%d" % free_port(), "-serf-wan-port=%d" % free_port(),
+                "-server-port=%d" % self.server_port]
+        if self.acl:
+            config = os.path.join(self.data_dir, "acl.hcl")
+            with open(config, "w") as handle:
+                handle.write('acl { enabled = true, default_policy = "deny", '
+                             'tokens { initial_management = "%s" } }\n' % self.management_token)
+            args += ["-config-file", config]
+        log = open(os.path.join(self.data_dir, "consul.log"), "ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def request(self, method, path, body=None, token=None):
+        """``(status, headers, body bytes)`` of one request (no redirect following)."""
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {}
+        token = token if token is not None else self.management_token
+        if token:
+            headers["X-Consul-Token"] = token
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        elif isinstance(body, str):
+            body = body.encode()
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                with open(self.data_dir + "/consul.log", "rb") as handle:
+                    tail = handle.read()[-2000:].decode("utf-8", "replace")
+                raise RuntimeError("consul exited with %s:\n%s" % (self.process.returncode, tail))
+            try:
+                status, unused, body = self.request("GET", "/v1/status/leader")
+                if status == 200 and json.loads(body or b'""'):
+                    # the leader is elected; wait until the KV store answers (ACL bootstrap done)
+                    status, unused, body = self.request("GET", "/v1/kv/?keys")
+                    if status in (200, 404):
+                        return
+                last = (status, body)
+            except OSError as exc:
+                last = exc
+            time.sleep(0.2)
+        raise RuntimeError("consul not ready after %ss: %s" % (timeout, last))
+
+    def reset(self):
+        """Remove every key and session (between tests sharing one server).  Held locks are
+        released first: destroying their session would start a lock-delay on the key."""
+        status, unused, body = self.request("GET", "/v1/kv/?recurse")
+        for entry in json.loads(body or b"[]") if status == 200 else []:
+            if entry.get("Session"):
+                self.request("PUT", "/v1/kv/%s?release=%s" % (quote(entry["Key"]), entry["Session"]))
+        status, unused, body = self.request("GET", "/v1/session/list")
+        for session in json.loads(body or b"[]") if status == 200 else []:
+            self.request("PUT", "/v1/session/destroy/" + session["ID"])
+        self.request("DELETE", "/v1/kv/?recurse")
+
+    def add_token(self, secret, key_prefix_rules=None, session_prefix_rules=None, accessor_id=None,
+                  agent_prefix_rules=None):
+        """Create a token with these prefix rules (the simulator's ``add_token``)."""
+        rules = []
+        for kind, table in (("key_prefix", key_prefix_rules), ("session_prefix", session_prefix_rules),
+                            ("agent_prefix", agent_prefix_rules)):
+            for prefix, policy in sorted((table or {}).items()):
+                rules.append('%s "%s" { policy = "%s" }' % (kind, prefix, policy))
+        name = "lab-%s" % uuid.uuid4().hex[:12]
+        status, unused, body = self.request("PUT", "/v1/acl/policy", {"Name": name, "Rules": "\n".join(rules)})
+        if status != 200:
+            raise RuntimeError("create ACL policy: %s %s" % (status, body))
+        token = {"SecretID": secret, "Policies": [{"Name": name}]}
+        if accessor_id:
+            token["AccessorID"] = accessor_id
+        status, unused, body = self.request("PUT", "/v1/acl/token", token)
+        if status != 200:
+            raise RuntimeError("create ACL token: %s %s" % (status, body))
+        return json.loads(body)
+
+    # The simulator's direct state calls, over HTTP (with the management token).
+    def kv_put(self, key, value, flags=0):
+        status, unused, body = self.request("PUT", "/v1/kv/%s?flags=%d" % (quote(key), flags),
+                                            value if value is not None else b"")
+        if status != 200:
+            raise RuntimeError("PUT %s: %s %s" % (key, status, body))
+
+    def kv_get(self, key):
+        status, unused, body = self.request("GET", "/v1/kv/" + quote(key))
+        if status == 404:
+            return None
+        entry = json.loads(body)[0]
+        entry["Value"] = base64.b64decode(entry["Value"]) if entry.get("Value") is not None else None
+        return entry
+
+    def kv_keys(self, prefix=""):
+        status, unused, body = self.request("GET", "/v1/kv/%s?keys" % quote(prefix))
+        return json.loads(body) if status == 200 else []
+
+    def kv_delete(self, key, recurse=False):
+        self.request("DELETE", "/v1/kv/%s%s" % (quote(key), "?recurse" if recurse else ""))
+
+    def stop(self):
+        import shutil
+        import signal
+        import subprocess
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+        if self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+
+
+class ConsulProxy(httpd.Service):
+    """An HTTP front for a real Consul server: the same API, plus the lab's fault table and
+    request log (service name ``consul``).  Redirects are passed on, never followed."""
+
+    PASSED_HEADERS = ("x-consul-token", "authorization", "content-type")
+    server_header = False
+
+    def __init__(self, server, log=None, name="consul"):
+        super().__init__(name, log)
+        self.server = server
+
+    def dispatch(self, req):
+        import http.client
+        target = req.raw_path + ("?" + req.raw_query if req.raw_query else "")
+        headers = {k: v for k, v in req.headers.items() if k.lower() in self.PASSED_HEADERS}
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=120)
+        try:
+            conn.request(req.method, target, body=req.body if req.body else None, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            passed = {k: v for k, v in resp.getheaders()
+                      if k.lower() not in ("content-type", "content-length", "date", "connection",
+                                           "transfer-encoding", "keep-alive")}
+            return httpd.Response(resp.status, body, resp.getheader("Content-Type"), passed)
+        finally:
+            conn.close()

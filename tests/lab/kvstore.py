@@ -1,4 +1,8 @@
-"""The Cilium kvstore as agents write it, in the lab's Consul or in the real etcd (reference §3).
+"""The Cilium kvstore as agents write it, in the lab's Consul or in the real etcd.
+
+Layout, encodings and heartbeat rules follow Cilium 1.15-1.18 (``pkg/kvstore/``,
+``pkg/kvstore/allocator/allocator.go``, ``pkg/node/types/node.go``, ``pkg/ipcache/kvstore.go``),
+recorded with their releases in docs/upstream.md#kvstore-layout and the entries after it.
 
 Two small backends with the same five calls (``put``, ``get``, ``delete``, ``list``,
 ``revision_of``) and, on top, ``CiliumKVStore`` which writes node keys, identity master/value
@@ -17,6 +21,8 @@ import urllib.request
 # unix socket) when modules run in the test process, and urlopen() would use it.
 _OPENER = urllib.request.build_opener()
 
+# docs/upstream.md#kvstore-layout (pkg/node/store/store.go, pkg/identity/cache/allocator.go,
+# pkg/ipcache/kvstore.go, pkg/kvstore/kvstore.go; same in 1.15-1.18).
 NODES = "cilium/state/nodes/v1/"
 IDS = "cilium/state/identities/v1/id/"
 VALUES = "cilium/state/identities/v1/value/"
@@ -25,7 +31,11 @@ HEARTBEAT = "cilium/.heartbeat"
 
 
 class ConsulBackend:
-    """Writes straight into a ConsulSim's state (the agents' Consul sessions are not modelled)."""
+    """Writes straight into a ConsulSim's state (the agents' Consul sessions are not modelled).
+
+    Like Cilium <= 1.16, whose Consul keys are not bound to its session and never expire
+    (pkg/kvstore/consul.go ``Update``/``createOnly``; docs/upstream.md#kvstore-leases).
+    """
 
     encode_keys = True
 
@@ -56,7 +66,11 @@ class ConsulBackend:
 
 
 class EtcdBackend:
-    """Talks to the real etcd through its JSON gateway (stdlib only)."""
+    """Talks to the real etcd through its JSON gateway (stdlib only).
+
+    Keys are written without a lease: Cilium attaches its agent lease to node, ipcache and value
+    keys (docs/upstream.md#kvstore-leases); lease expiry of a dead agent is not modelled.
+    """
 
     encode_keys = False
 
@@ -105,18 +119,43 @@ class EtcdBackend:
                 for kv in self._range(prefix, end)}
 
 
+def go_path_clean(path):
+    """Go's path.Clean, as Cilium's path.Join applies it to every key it builds."""
+    rooted = path.startswith("/")
+    out = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if out and out[-1] != "..":
+                out.pop()
+            elif not rooted:
+                out.append("..")
+            continue
+        out.append(part)
+    cleaned = "/".join(out)
+    return "/" + cleaned if rooted else (cleaned or ".")
+
+
 def consul_encode(text):
-    """Cilium's kvstore Encode for Consul: Go base64.URLEncoding (padded)."""
+    """Cilium's kvstore Encode for Consul: Go base64.URLEncoding (padded).
+
+    pkg/kvstore/consul.go ``Encode`` (1.15, 1.16); docs/upstream.md#kvstore-identity-keys.
+    """
     return base64.urlsafe_b64encode(text.encode()).decode()
 
 
 def mask_b64(prefixlen, bits=32):
+    # net.IPNet's Mask marshals as base64 bytes (docs/upstream.md#kvstore-node-keys).
     mask = (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF if bits == 32 else 0
     return base64.b64encode(mask.to_bytes(4, "big")).decode()
 
 
 def labels_key(labels):
-    """Sorted ``source:key=value;`` concatenation (reference §3.2)."""
+    """Sorted ``source:key=value;`` concatenation.
+
+    pkg/labels/labels.go ``SortedList`` (1.15-1.18); docs/upstream.md#kvstore-identity-keys.
+    """
     return "".join("%s;" % label for label in sorted(labels))
 
 
@@ -142,6 +181,7 @@ class CiliumKVStore:
 
     def write_node(self, name, internal_ip, alloc_cidr, health_ip=None, cluster=None):
         net = ipaddress.ip_network(alloc_cidr)
+        # Go field names of pkg/node/types/node.go Node (1.16); docs/upstream.md#kvstore-node-keys.
         node = {
             "Name": name, "Cluster": cluster or self.cluster_name,
             "IPAddresses": [{"Type": "InternalIP", "IP": internal_ip},
@@ -162,6 +202,7 @@ class CiliumKVStore:
 
     # -- identities -------------------------------------------------------------------------
     def id_range(self):
+        # pkg/identity/numericidentity.go; docs/upstream.md#kvstore-identity-keys.
         if self.cluster_id == 0:
             return 256, 65535
         return self.cluster_id << 16, ((self.cluster_id + 1) << 16) - 1
@@ -177,7 +218,11 @@ class CiliumKVStore:
         self.backend.put(IDS + str(identity), self._enc(lkey))
 
     def value_key(self, lkey, node_suffix):
-        return "%s%s/%s" % (VALUES, self._enc(lkey), node_suffix)
+        # The allocator joins value prefix, label key and node suffix with Go's path.Join, which
+        # cleans the result: a label value "https://x" is stored as "https:/x" in etcd (in Consul
+        # the label key is base64url, which has no "/" or ".").  See
+        # docs/upstream.md#cilium-kvstore-value-keys-are-cleaned.
+        return go_path_clean("%s%s/%s" % (VALUES, self._enc(lkey), node_suffix))
 
     def write_identity_use(self, lkey, node_suffix, identity):
         self.backend.put(self.value_key(lkey, node_suffix), str(identity))
@@ -192,7 +237,11 @@ class CiliumKVStore:
         return uses
 
     def allocate(self, lkey, node_suffix):
-        """What an agent does for a new label set: reuse or create the master key, add a use."""
+        """What an agent does for a new label set: reuse or create the master key, add a use.
+
+        Lab choice: the lowest free ID, for reproducible tests; Cilium leases a random free ID
+        (pkg/idpool/idpool.go ``LeaseAvailableID``; docs/upstream.md#kvstore-identity-keys).
+        """
         with self._lock:
             existing = {v: k for k, v in self.identities().items()}
             identity = existing.get(lkey)
@@ -209,6 +258,7 @@ class CiliumKVStore:
 
     # -- ipcache ----------------------------------------------------------------------------
     def write_ipcache(self, ip, host_ip, identity, node_name, endpoint_id):
+        # IPIdentityPair (pkg/identity/identity.go, 1.16); docs/upstream.md#kvstore-ipcache.
         pair = {"IP": ip, "Mask": None, "HostIP": host_ip, "ID": identity, "Key": 0,
                 "Metadata": "cilium-global:default:%s:%s" % (node_name, endpoint_id)}
         self.backend.put(IPCACHE + ip, json.dumps(pair))
@@ -221,6 +271,7 @@ class CiliumKVStore:
         return self.backend.revision_of(HEARTBEAT)
 
     def write_heartbeat(self):
+        # RFC 3339, as cilium-operator writes it (pkg/kvstore/heartbeat/); agents never parse it.
         self.backend.put(HEARTBEAT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
@@ -239,20 +290,36 @@ class IdentityAllocator:
 
 
 class HeartbeatWatch:
-    """kvstore health as an etcd-backed agent sees it (reference §3.4).
+    """kvstore health as an etcd-backed agent sees it, per release
+    (docs/upstream.md#cilium-heartbeat-per-release, ``pkg/kvstore/etcd.go`` statusChecker):
 
-    The agent fails its quorum check when no heartbeat update arrived for ``timeout`` seconds
-    (2 minutes in Cilium); the timer starts when the agent starts (newer agents).  After more than
-    ``max_errors`` consecutive failed checks (one check per ``interval``) the state is Failure.
+    * ``watch-events`` (1.16 and older): every event of the agent's watch on the heartbeat key
+      resets the two-minute timer -- writes, deletions, and the event that ends the initial
+      listing, so the timer runs from connect;
+    * ``agent-start`` (1.17, 1.18.0): the status checker starts the timer; only writes of the
+      key reset it (deletions and the end of the listing no longer count);
+    * ``clustermesh-only`` (1.18.1 and later): the check runs only for clustermesh clients, the
+      node's own kvstore never degrades for want of a heartbeat.
+
+    The lab sees an event as a change of the key's revision (a write, or with ``watch-events``
+    also a deletion).
+    A failed check counts once per ``interval``; after more than ``max_errors`` consecutive
+    failures the state is Failure.
     """
 
-    def __init__(self, kvstore, timeout=120.0, interval=None, max_errors=2, clock=time.monotonic):
+    MODES = ("watch-events", "agent-start", "clustermesh-only")
+
+    def __init__(self, kvstore, timeout=120.0, interval=None, max_errors=2, clock=time.monotonic,
+                 mode="agent-start"):
+        if mode not in self.MODES:
+            raise ValueError("heartbeat mode must be one of %s" % ", ".join(self.MODES))
         self.kvstore = kvstore
         self.timeout = timeout
         self.interval = interval if interval is not None else timeout / 4.0
         self.max_errors = max_errors
         self.clock = clock
-        self._last_revision = None
+        self.mode = mode
+        self._last_revision = kvstore.heartbeat_revision()
         self._last_change = clock()
         self._lock = threading.Lock()
 
@@ -263,14 +330,24 @@ class HeartbeatWatch:
                 revision = self.kvstore.heartbeat_revision()
             except OSError as exc:
                 return "Failure", "etcd: 0/1 connected: %s" % exc
-            if revision is not None and revision != self._last_revision:
+            if revision != self._last_revision:
                 self._last_revision = revision
-                self._last_change = now
+                if revision is not None or self.mode == "watch-events":
+                    self._last_change = now
+            if self.mode == "clustermesh-only":
+                return "Ok", "etcd: 1/1 connected, has-quorum=true: lab etcd - 3.5.1 (Leader)"
             stale = now - self._last_change
             if stale <= self.timeout:
                 return "Ok", "etcd: 1/1 connected, has-quorum=true: lab etcd - 3.5.1 (Leader)"
             failures = int((stale - self.timeout) // self.interval) + 1
             detail = "%.0fs since last heartbeat update has been received" % stale
+            # pkg/kvstore/etcd.go statusChecker, 1.16.7-1.18.10 (docs/upstream.md#kvstore-heartbeat):
+            # below the threshold the state stays Ok and the message carries the error; above it
+            # the state is Failure, "Err: ..." (1.16.7's daemon probe repeats the error).
             if failures > self.max_errors:
-                return "Failure", "quorum check failed %d times in a row: %s" % (failures, detail)
-            return "Warning", "etcd: 1/1 connected, has-quorum=false: %s" % detail
+                error = "quorum check failed %d times in a row: %s" % (failures, detail)
+                if self.mode == "watch-events":
+                    return "Failure", "Err: %s - %s" % (error, error)
+                return "Failure", "Err: %s" % error
+            return "Ok", ("etcd: 1/1 connected, leases=1, lock leases=1, has-quorum=%s, consecutive-errors=%d: "
+                          "lab etcd - 3.5.1 (Leader)" % (detail, failures))

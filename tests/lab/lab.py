@@ -16,7 +16,7 @@ import tempfile
 
 from tests.lab import httpd
 from tests.lab.cilium import PROFILES, CiliumAgentSim
-from tests.lab.consul import ConsulSim
+from tests.lab.consul import ConsulProxy, ConsulSim, RealConsul
 from tests.lab.etcd import EtcdServer
 from tests.lab.kvstore import (
     CiliumKVStore,
@@ -29,7 +29,7 @@ from tests.lab.kvstore import (
 from tests.lab.nomad import NomadSim
 from tests.lab import scenarios
 
-POLICY_KEY = "netreap.io/policy"
+POLICY_KEY = "netreap.io/policy"  # docs/upstream.md#cilium-api-netreap-labels
 MAX_SOCKET_PATH = 100
 
 
@@ -61,7 +61,7 @@ class LabNode:
 class Lab:
     def __init__(self, state_dir, nodes=3, cilium="1.16", kvstore="consul", scenario="clean",
                  acl=False, cluster_name="default", heartbeat_timeout=120.0, static_policy=None,
-                 python=None, tls=False):
+                 python=None, tls=False, consul="sim", consul_version="1.16.0"):
         if cilium not in PROFILES:
             raise ValueError("unknown Cilium profile %r (have %s)" % (cilium, ", ".join(PROFILES)))
         if kvstore not in ("consul", "etcd"):
@@ -87,6 +87,14 @@ class Lab:
         if tls not in (False, None, True, "tls", "mtls"):
             raise ValueError("tls must be false, true/'tls' or 'mtls', not %r" % (tls,))
         self.tls = {True: "tls", None: False}.get(tls, tls)
+        # consul: "sim" (the simulator) or "real" (a real Consul server from CONSUL_BIN, shared by
+        # the labs of this process and emptied for each, behind a proxy with faults and the log)
+        if consul not in ("sim", "real"):
+            raise ValueError("consul must be 'sim' or 'real', not %r" % (consul,))
+        if consul == "real" and tls:
+            raise ValueError("a real Consul lab runs without TLS")
+        self.consul_kind = consul
+        self.consul_version = consul_version  # of the simulator
         self.tls_ca = None        # tests/lab/tls.py LabCA
         self.tls_server = None    # CertFiles of the server certificate every listener presents
         self.tls_client = None    # CertFiles of a client certificate the CA signed
@@ -118,9 +126,15 @@ class Lab:
                              % self.state_dir)
         if self.tls:
             self._setup_tls()
-        self.consul = ConsulSim(log=self.log, acl_enabled=self.acl)
+        if self.consul_kind == "real":
+            self.consul = shared_real_consul(self.acl)
+            proxy = ConsulProxy(self.consul, log=self.log)
+            self.consul.faults = proxy.faults
+            self.consul_endpoint = self._serve(proxy)
+        else:
+            self.consul = ConsulSim(log=self.log, acl_enabled=self.acl, version=self.consul_version)
+            self.consul_endpoint = self._serve(self.consul)
         self.nomad = NomadSim(log=self.log, acl_enabled=self.acl)
-        self.consul_endpoint = self._serve(self.consul)
         self.nomad_endpoint = self._serve(self.nomad)
         if self.acl:
             self.tokens = {"consul": self.consul.management_token,
@@ -134,7 +148,8 @@ class Lab:
             backend = ConsulBackend(self.consul)
         self.kv = CiliumKVStore(backend, self.cluster_name)
         if self.kvstore_type == "etcd":
-            self.heartbeat = HeartbeatWatch(self.kv, timeout=self.heartbeat_timeout)
+            self.heartbeat = HeartbeatWatch(self.kv, timeout=self.heartbeat_timeout,
+                                            mode=self.profile["heartbeat_check"])
         for index in range(1, self.node_count + 1):
             self.nodes.append(self._add_node(index, sock_dir))
         scenarios.SCENARIOS[self.scenario](self)
@@ -158,7 +173,7 @@ class Lab:
     def _add_node(self, index, sock_dir):
         name = "nomad-client-%d" % index
         ip = "192.0.2.%d" % (index % 250 + 1)  # TEST-NET-1: data only, never contacted
-        ipv4_range = "10.200.%d.0/24" % (index % 250)
+        ipv4_range = "10.200.%d.0/24" % (index % 250)  # each agent its own --ipv4-range
         node = self.nomad.add_node(name, address=ip, attributes={
             "plugins.cni.version.cilium-cni": self.profile["full_version"]})
         agent_endpoint = self._serve(self.nomad.client_agent(node["ID"]))
@@ -170,10 +185,12 @@ class Lab:
             name, version=self.version, log=self.log, kvstore=self.kvstore_type,
             kvstore_status=self.heartbeat.status if self.heartbeat else None,
             static_policy_dir=static_dir, cluster_name=self.cluster_name, node_ip=ip,
+            # Value-key suffix = the node's IP (docs/upstream.md#kvstore-identity-keys).
             ipv4_range=ipv4_range, identity_allocator=IdentityAllocator(self.kv, ip))
         cilium_endpoint = self._serve(cilium, os.path.join(sock_dir, name + ".sock"))
         self.kv.write_node(name, ip, ipv4_range)
         cilium.add_endpoint(reserved="host")
+        # UNCONFIRMED lab choice: the health endpoint takes .17 (the agent gets it from IPAM).
         cilium.add_endpoint(reserved="health", ipv4=ipv4_range.rsplit(".", 1)[0] + ".17")
         return LabNode(name, index, node, agent_endpoint, cilium, cilium_endpoint, ip, ipv4_range,
                        static_dir)
@@ -297,6 +314,21 @@ class Lab:
             handle.write("# Written by `python -m tests.lab up`; one host per simulated Nomad client.\n")
             json.dump(self.inventory(), handle, indent=2)
             handle.write("\n")
+
+
+_REAL_CONSULS = {}
+
+
+def shared_real_consul(acl=False):
+    """This process's real Consul server (ACLs on or off), started on first use and stopped at
+    exit; emptied (keys and sessions) for each lab that uses it."""
+    server = _REAL_CONSULS.get(acl)
+    if server is None:
+        import atexit
+        server = _REAL_CONSULS[acl] = RealConsul(acl=acl).start()
+        atexit.register(server.stop)
+    server.reset()
+    return server
 
 
 @contextlib.contextmanager

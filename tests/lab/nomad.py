@@ -7,7 +7,8 @@ separate ``httpd.Service`` (name ``nomad-agent:<node name>``) that answers ``/v1
 entries recorded under the agent's name, server faults applied to forwarded requests).
 
 Modelled on Nomad 1.9.x (``command/agent/*_endpoint.go``, ``nomad/*_endpoint.go``,
-``nomad/structs``), see /work/shared/reference/nomad-consul.md.  Wire details reproduced:
+``nomad/structs`` of hashicorp/nomad), recorded in docs/upstream.md#nomad-http and the entries
+after it; the real-server conformance runs check it against Nomad 1.6.5.  Wire details reproduced:
 
 * JSON is compact, UTF-8, PascalCase keys (agent/self: lower-case ``config``/``member``/``stats``,
   every ``stats`` value a string); ``?pretty`` indents.  Errors are ``text/plain`` bodies holding
@@ -22,14 +23,14 @@ Modelled on Nomad 1.9.x (``command/agent/*_endpoint.go``, ``nomad/*_endpoint.go`
   (``client/allocrunner/alloc_runner.go``), bridge/cni give ``InterfaceName "eth0"`` and the
   address.  A ``pending`` alloc has no NetworkStatus yet (so the key is absent).
 * Blocking queries (``?index=&wait=``): default and maximum 5m (``structs.MaxBlockingRPCQueryTime``
-  = 300s; the reference's "max 10m" is the docs' wording), plus up to wait/16 jitter.
+  = 300s; the docs' "max 10m" is not what the server does), plus up to wait/16 jitter.
   ``X-Nomad-Index`` / ``X-Nomad-KnownLeader`` / ``X-Nomad-LastContact`` on every query endpoint
   (also on its 404), ``X-Nomad-NextToken`` when paginating.
 * ``?region=`` other than ours -> 500 ``No path to region`` (there are no other regions).
 * ACLs: ``X-Nomad-Token`` or ``Authorization: Bearer``; unknown secret -> 403 ``ACL token not
   found``; missing capability -> 403 ``Permission denied``; lists drop unreadable namespaces;
   ``GET /v1/allocation/<id>`` without read-job in the alloc's namespace -> 500
-  ``Unknown allocation "<id>"`` (source-read, UNCONFIRMED live).
+  ``Unknown allocation "<id>"`` (source-read, and observed on Nomad 1.6.5).
 * ``filter`` (go-bexpr): supported grammar -- ``and`` / ``or`` / ``not`` / parentheses;
   ``<sel> == <v>``, ``!=``, ``is empty``, ``is not empty``, ``<v> in <sel>``, ``<v> not in <sel>``,
   ``<sel> contains <v>``, ``not contains``, ``matches <regex>``, ``not matches``.  Selectors:
@@ -546,13 +547,16 @@ def _eval(node, datum):
 
 
 def compile_filter(text):
-    """Parse a bexpr filter; returns a predicate(datum) -> bool that may raise FilterError."""
+    """Parse a bexpr filter; returns a predicate(datum) -> bool that may raise FilterError.
+
+    go-bexpr as Nomad 1.9 vendors it, evaluated on the full struct (docs/upstream.md#nomad-nodes).
+    """
     ast = _BexprParser(text).parse()
     return lambda datum: _eval(ast, datum)
 
 
 # ---------------------------------------------------------------------------------------------
-# ACLs
+# ACLs (nomad/acl, command/agent/http.go, 1.9; docs/upstream.md#nomad-http)
 # ---------------------------------------------------------------------------------------------
 
 _NS_READ = ["list-jobs", "parse-job", "read-job", "csi-list-volume", "csi-read-volume",
@@ -633,7 +637,8 @@ class _ACL:
 _ACL_DISABLED = _ACL(disabled=True)
 
 # ---------------------------------------------------------------------------------------------
-# Node / allocation builders
+# Node / allocation builders (nomad/structs/structs.go, nomad/structs/alloc.go, 1.9;
+# docs/upstream.md#nomad-nodes, docs/upstream.md#nomad-allocations)
 # ---------------------------------------------------------------------------------------------
 
 _ALLOC_LOST = "alloc is lost since its node is down"
@@ -702,7 +707,8 @@ def _finish_task(state, client_status, at_ns):
 
 
 def _alloc_omitempty(alloc):
-    """Render a full Allocation the way Nomad's codec does (struct-level omitempty): drop "",
+    """Render a full Allocation the way Nomad's codec does (struct-level omitempty, observed on
+    1.6.5 too; docs/upstream.md#nomad-allocations): drop "",
     0, false, null, empty maps/lists and an all-null DesiredTransition (a struct value)."""
     out = {}
     for key, value in alloc.items():
@@ -975,7 +981,8 @@ class NomadSim(httpd.Service):
         del node["Events"][:-10]
 
     def set_node_status(self, node_id, status, status_updated_at=None):
-        """ready|down|disconnected|initializing.  down: non-terminal allocs become lost (desired
+        """ready|down|disconnected|initializing (nomad/heartbeat.go; docs/upstream.md#nomad-node-gc).
+        down: non-terminal allocs become lost (desired
         stop); disconnected: running/pending allocs become unknown; ready again after
         disconnected: unknown allocs are running again."""
         if status not in _NODE_STATUSES:
@@ -1050,7 +1057,8 @@ class NomadSim(httpd.Service):
             alloc["ModifyTime"] = now_ns
 
     def remove_node(self, node_id):
-        """Node GC / purge: gone from /v1/nodes; /v1/node/<id> -> 404.  Allocations stay (until
+        """Node GC / purge (nomad/core_sched.go; docs/upstream.md#nomad-node-gc): gone from
+        /v1/nodes; /v1/node/<id> -> 404.  Allocations stay (until
         alloc GC); non-terminal ones are marked lost, as the purge's node-update eval does."""
         with self.lock:
             if node_id not in self._nodes:
@@ -1193,7 +1201,10 @@ class NomadSim(httpd.Service):
             return self._render_alloc(alloc)
 
     def _maybe_network_status(self, alloc, node_id, mode, address):
-        """The client reports NetworkStatus once it has started running the alloc."""
+        """The client reports NetworkStatus once it has started running the alloc.
+
+        client/allocrunner (1.9); docs/upstream.md#nomad-allocations.
+        """
         if alloc["NetworkStatus"] is not None or alloc["ClientStatus"] == "pending":
             return
         if not mode or mode == "host" or mode == "none":
@@ -1497,6 +1508,7 @@ class NomadSim(httpd.Service):
 
     @staticmethod
     def _token_of(req):
+        # command/agent/http.go parseToken (1.9); docs/upstream.md#nomad-http.
         token = req.header("X-Nomad-Token")
         if token:
             return token.strip()
@@ -1571,7 +1583,8 @@ class NomadSim(httpd.Service):
         return headers
 
     def _blocking(self, opts, run):
-        """blockingRPC: run() under the lock -> (index, payload); re-run until index > ?index or
+        """blockingRPC (docs/upstream.md#nomad-http): run() under the lock -> (index, payload);
+        re-run until index > ?index or
         the wait (default/max 5m, + up to wait/16 jitter) expires.  HttpErrors from run() are
         returned at once, like Nomad's run-func errors."""
         deadline = None
@@ -1595,7 +1608,10 @@ class NomadSim(httpd.Service):
 
     @staticmethod
     def _paginate(items, token_of, opts, predicate, compare=None):
-        """nomad/state/paginator: filters, next_token seek, per_page, reverse (pre-sorted)."""
+        """nomad/state/paginator: filters, next_token seek, per_page, reverse (pre-sorted).
+
+        docs/upstream.md#nomad-allocations (paging).
+        """
         per_page = opts["per_page"]
         seeking = opts["next_token"]
         found = seeking == ""
@@ -1641,6 +1657,7 @@ class NomadSim(httpd.Service):
     # -- handlers: agent / status ------------------------------------------------------------
 
     def _h_agent_self(self, req):
+        # command/agent/agent_endpoint.go (1.9); docs/upstream.md#nomad-agent-self.
         if req.method != "GET":
             raise self._err(405, "Invalid method")
         acl = self._resolve(req)
@@ -1827,6 +1844,7 @@ class NomadSim(httpd.Service):
     # -- handlers: nodes ---------------------------------------------------------------------
 
     def _h_nodes(self, req):
+        # command/agent/node_endpoint.go (1.9); docs/upstream.md#nomad-nodes.
         if req.method != "GET":
             raise self._err(405, "Invalid method")
         opts = self._parse(req)
@@ -1910,6 +1928,8 @@ class NomadSim(httpd.Service):
         return self._json(req, node, headers)
 
     def _node_allocations(self, req, node_id):
+        # Full allocations from every readable namespace; unknown node -> [] (observed on 1.6.5;
+        # docs/upstream.md#nomad-nodes).
         if req.method != "GET":
             raise self._err(405, "Invalid method")
         opts = self._parse(req)
@@ -1961,6 +1981,8 @@ class NomadSim(httpd.Service):
     # -- handlers: allocations ---------------------------------------------------------------
 
     def _h_allocations(self, req):
+        # command/agent/alloc_endpoint.go (1.9): stubs, namespace "default" unless ?namespace=*
+        # (docs/upstream.md#nomad-allocations).
         if req.method != "GET":
             raise self._err(405, "Invalid method")
         opts = self._parse(req)
@@ -2039,13 +2061,16 @@ class NomadSim(httpd.Service):
                 return self._table_index["allocs"], None
             if not acl.allow_ns_op(alloc["Namespace"], "read-job"):
                 # nomad/alloc_endpoint.go GetAlloc: NewErrUnknownAllocation -> generic 500.
-                # Source-read; UNCONFIRMED on a live cluster (see reference section 1).
+                # Observed on Nomad 1.6.5 too (docs/upstream.md#nomad-allocations).
                 raise self._err(500, 'Unknown allocation "%s"' % alloc_id)
             return alloc["ModifyIndex"], self._render_alloc(alloc)
 
         index, alloc = self._blocking(opts, run)
         headers = self._meta_headers(index)
         if alloc is None:
+            # docs/upstream.md#nomad-allocations.  Differs from Nomad (1.6.5 observed): an ID that
+            # is not 36 characters answers 500 "alloc lookup failed: index error: UUID must be
+            # 36 characters"; the lab answers this 404 for every unknown ID.
             raise self._err(404, "alloc not found", headers)
         return self._json(req, alloc, headers)
 
@@ -2126,7 +2151,10 @@ class NomadSim(httpd.Service):
 
 class NomadClientAgent(httpd.Service):
     """The Nomad client agent on one node: answers agent/self and agent/health locally and
-    forwards everything else to the servers (``NomadSim``)."""
+    forwards everything else to the servers (``NomadSim``).
+
+    ``stats.client.node_id`` is the client node's ID (docs/upstream.md#nomad-agent-self).
+    """
 
     def __init__(self, sim, node_id):
         with sim.lock:

@@ -1,5 +1,9 @@
 """What a lab looks like from outside: the drift a reaper should fix, counted from the lab's own
-state (independently of the collection's code), and a before/after table for the demo."""
+state (independently of the collection's code), and a before/after table for the demo.
+
+It models no upstream behaviour; terminal allocation states follow
+docs/upstream.md#nomad-allocations.
+"""
 
 import json
 

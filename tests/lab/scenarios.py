@@ -7,6 +7,9 @@ Nomad) with their ipcache entries, a node Nomad reports down for two days, dead 
 unlabelled (``reserved:init``) endpoints, endpoints with outdated labels, endpoints of finished
 and of vanished allocations, and a published policy newer than what the agents run, next to a
 rule the collection does not own.
+
+The state follows the upstream layouts in docs/upstream.md: endpoint labels
+#cilium-api-netreap-labels, kvstore keys #kvstore-layout, Nomad node status #nomad-node-gc.
 """
 
 import json
@@ -15,7 +18,7 @@ import uuid
 
 from tests.lab.kvstore import labels_key
 
-POLICY_KEY = "netreap.io/policy"
+POLICY_KEY = "netreap.io/policy"  # netreap's --policy-key default (docs/upstream.md#cilium-api-netreap-labels)
 
 POLICY_V1 = [{
     "labels": [{"key": "name", "value": "web-ingress", "source": "unspec"}],
@@ -45,7 +48,10 @@ JOBS = (
 
 
 def netreap_labels(job_id, namespace, group, job_meta=None, group_meta=None):
-    """The labels Netreap puts on an endpoint: three netreap: labels plus nomad:<meta> (group wins)."""
+    """The labels Netreap puts on an endpoint: three netreap: labels plus nomad:<meta> (group wins).
+
+    netreap reapers/endpoints.go (f3bac8c); docs/upstream.md#cilium-api-netreap-labels.
+    """
     labels = ["netreap:nomad.job_id=%s" % job_id, "netreap:nomad.namespace=%s" % namespace,
               "netreap:nomad.task_group_id=%s" % group]
     meta = dict(job_meta or {})
@@ -75,7 +81,7 @@ def clean(lab):
     for node in lab.nodes:
         for k, (job_id, group, job_meta, group_meta) in enumerate(JOBS):
             _run(lab, node, k, job_id, group, job_meta, group_meta)
-    if lab.kvstore_type == "etcd":
+    if lab.kvstore_type == "etcd":  # only etcd agents watch it (docs/upstream.md#kvstore-heartbeat)
         lab.kv.write_heartbeat()
 
 
@@ -95,7 +101,8 @@ def drift(lab):
         ip = _alloc_ip(node, 3)
         node.cilium.add_endpoint(container_id=str(uuid.uuid4()),
                                  labels=netreap_labels("old-api", "default", "api"), ipv4=ip)
-    # Nodes that left the cluster: Nomad no longer knows them, the kvstore still does.
+    # Nodes that left the cluster: Nomad no longer knows them, the kvstore still does (on Consul
+    # their keys never expire, docs/upstream.md#kvstore-leases).
     for k, name in enumerate(("nomad-client-retired-1", "nomad-client-retired-2")):
         ip = "198.51.100.%d" % (k + 10)  # TEST-NET-2: data only
         lab.kv.write_node(name, ip, "10.201.%d.0/24" % k)
@@ -105,7 +112,8 @@ def drift(lab):
                               status_updated_at=int(now - 2 * 86400))
     lab.nomad.set_node_status(down["ID"], "down", status_updated_at=int(now - 2 * 86400))
     lab.kv.write_node("nomad-client-down-1", "198.51.100.50", "10.202.0.0/24")
-    # Identities nothing uses any more: master keys without value keys.
+    # Identities nothing uses any more: master keys without value keys, what identity GC collects
+    # (docs/upstream.md#kvstore-identity-gc).
     low = lab.kv.id_range()[0]
     for offset, job in enumerate(("retired-a", "retired-b", "retired-c")):
         lab.kv.write_identity(low + 5000 + offset,

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # The names the lab's server certificate carries besides 127.0.0.1/localhost: what real
-# clusters use (Consul's and Nomad's built-in CAs issue server.<dc>.consul / server.<region>.nomad).
+# clusters use (Consul's and Nomad's built-in CAs issue server.<dc>.consul / server.<region>.nomad;
+# docs/upstream.md#consul-http, docs/upstream.md#nomad-http).  "etcd.lab" is the lab's own name.
 SERVER_NAMES = ("localhost", "server.dc1.consul", "server.global.nomad", "etcd.lab")
 SERVER_IPS = ("127.0.0.1",)
 

@@ -1,8 +1,9 @@
 """Conformance of the lab's Cilium agent simulator (tests/lab/cilium.py, tests/lab/policy_rules.py).
 
 Driven over the unix socket with a raw ``http.client`` connection, as the Go client and netreap
-talk to the agent.  What these pin down comes from /work/shared/reference/cilium.md and the
-Cilium / go-openapi sources it cites: status codes, exact bodies, version differences.
+talk to the agent.  What these pin down comes from the Cilium and go-openapi sources recorded in
+docs/upstream.md (#cilium-api-transport and the entries after it; the policy facts in its
+"Cilium: policy" section): status codes, exact bodies, version differences.
 """
 
 import json
@@ -174,6 +175,19 @@ def test_static_cnp_path_is_an_unknown_flag_before_1_16(tmp_path):
 # healthz, config, routing
 # ------------------------------------------------------------------------------------------
 
+def test_healthz_omits_the_version_only_while_1_18_probes_are_pending(make_agent):
+    for version, omitted in (("1.17", False), ("1.18", True), ("1.19", True)):
+        sim, api = make_agent(version)
+        sim.probes_pending = True
+        status = api.get("/healthz").json
+        if omitted:
+            assert status["cilium"] == {"state": "Warning", "msg": "Not all probes executed at least once"}
+        else:
+            assert status["cilium"]["msg"].startswith(sim.profile["full_version"] + " ")
+        sim.probes_pending = False
+        assert api.get("/healthz").json["cilium"]["msg"].startswith(sim.profile["full_version"] + " ")
+
+
 def test_healthz_reports_version_and_kvstore_and_degrades_with_it(make_agent):
     state = {"kv": ("Ok", "etcd: 1/1 connected, has-quorum=true")}
     _sim, api = make_agent("1.16", kvstore_status=lambda: state["kv"])
@@ -187,8 +201,10 @@ def test_healthz_reports_version_and_kvstore_and_degrades_with_it(make_agent):
     state["kv"] = ("Failure", "quorum check failed 3 times in a row")
     status = api.get("/healthz").json
     assert status["kvstore"]["state"] == "Failure"
+    # the version stays in the message while the kvstore is down (docs/upstream.md#cilium-healthz-version)
     assert status["cilium"] == {"state": "Failure",
-                                "msg": "Kvstore service is not ready: quorum check failed 3 times in a row"}
+                                "msg": "1.16.5 (v1.16.5-0123abcd)    Kvstore service is not ready: quorum "
+                                       "check failed 3 times in a row"}
     brief = api.get("/healthz", headers={"brief": "true"}).json
     assert set(brief) == {"cilium", "cluster"} and brief["cilium"]["state"] == "Failure"
 
@@ -556,7 +572,7 @@ def test_enable_default_deny_is_not_shown_before_1_16(make_agent):
 
 
 # ------------------------------------------------------------------------------------------
-# Policy: every rejection class of reference §2.3
+# Policy: every rejection class the agent has (docs/upstream.md, "Cilium: policy")
 # ------------------------------------------------------------------------------------------
 
 ES = {"matchLabels": {"app": "api"}}

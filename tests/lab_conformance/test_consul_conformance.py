@@ -1,8 +1,11 @@
 """Conformance of the lab's Consul simulator, driven through py-consul (the client our modules use).
 
-Each test starts a fresh ``ConsulSim`` on 127.0.0.1 and talks to it only through ``consul.Consul``
-(plus one raw urllib request where the point is the wire format itself).  Expected values come
-from /work/shared/reference/nomad-consul.md sections 6-11a.
+Each test runs twice: against a fresh ``ConsulSim`` on 127.0.0.1 and against a real Consul server
+(``CONSUL_BIN``; one per session, emptied between tests; skipped with the reason when unset), and
+talks to it only through ``consul.Consul`` (plus raw requests where the point is the wire format
+itself).  Where the two disagree the simulator is wrong.  Tests that drive the simulator itself
+(its clock, its dispatch) run against it only.  Expected values come
+from Consul's HTTP API as recorded in docs/upstream.md (#consul-http and the entries after it).
 """
 
 import base64
@@ -18,24 +21,52 @@ from consul.callback import CB
 from consul.exceptions import BadRequest, ClientError
 
 from tests.lab import httpd
-from tests.lab.consul import ANONYMOUS_ACCESSOR_ID, ConsulSim
+from tests.lab.consul import (
+    ANONYMOUS_ACCESSOR_ID,
+    CONSUL_SKIP_REASON,
+    LEADER_ADDRESS,
+    ConsulSim,
+    find_consul,
+)
+from tests.lab.lab import shared_real_consul
 
 CONSUL_ENV_VARS = ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_SSL",
                    "CONSUL_HTTP_SSL_VERIFY")
 APP_SECRET = "3f9a1c2e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"
 APP_ACCESSOR = "aaaaaaaa-1111-4222-8333-444444444444"
+APP_KEY_RULES = {"app/": "write", "app/private/": "deny"}
 
 
 class ConsulLab:
-    """A running simulator and a way to build py-consul clients for it."""
+    """A running simulator -- or a real Consul server (``sim`` is None then) -- and a way to build
+    py-consul clients for it.  ``state`` offers the simulator's direct calls (``kv_get``,
+    ``kv_put``, ``kv_keys``) on both."""
 
-    def __init__(self, sim, endpoint):
+    def __init__(self, sim, endpoint=None, real=None):
         self.sim = sim
         self.endpoint = endpoint
+        self.real = real
+
+    @property
+    def state(self):
+        return self.real if self.real is not None else self.sim
 
     @property
     def port(self):
-        return self.endpoint.port
+        return self.real.port if self.real is not None else self.endpoint.port
+
+    @property
+    def leader(self):
+        return self.real.leader if self.real is not None else LEADER_ADDRESS
+
+    @property
+    def management_token(self):
+        return self.state.management_token
+
+    def lab_only(self, why):
+        """Skip against a real server: the test inspects or drives the simulator itself."""
+        if self.real is not None:
+            pytest.skip("simulator only: %s" % why)
 
     def client(self, token=None):
         return consul.Consul(host="127.0.0.1", port=self.port, token=token)
@@ -59,20 +90,72 @@ def consul_clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def consul_lab(consul_clean_env):
+@pytest.fixture(scope="session")
+def real_consul():
+    """The process's real Consul server (CONSUL_BIN), shared with the lab; emptied between tests."""
+    if find_consul() is None:
+        pytest.skip(CONSUL_SKIP_REASON)
+    return shared_real_consul(acl=False)
+
+
+@pytest.fixture(scope="session")
+def real_consul_acl():
+    """The process's real Consul server with ACLs on (default deny) and the app token of the ACL
+    tests."""
+    if find_consul() is None:
+        pytest.skip(CONSUL_SKIP_REASON)
+    server = shared_real_consul(acl=True)
+    server.add_token(APP_SECRET, key_prefix_rules=APP_KEY_RULES, session_prefix_rules={"": "write"},
+                     accessor_id=APP_ACCESSOR)
+    return server
+
+
+def _real_lab(request, fixture):
+    server = request.getfixturevalue(fixture)
+    server.reset()
+    return ConsulLab(None, real=server)
+
+
+@pytest.fixture(params=["lab", "real"])
+def consul_lab(request, consul_clean_env):
+    if request.param == "real":
+        yield _real_lab(request, "real_consul")
+        return
     lab = _start_lab()
     yield lab
     lab.endpoint.stop()
 
 
-@pytest.fixture
-def consul_acl_lab(consul_clean_env):
+@pytest.fixture(params=["lab", "real"])
+def consul_acl_lab(request, consul_clean_env):
+    if request.param == "real":
+        yield _real_lab(request, "real_consul_acl")
+        return
     lab = _start_lab(acl_enabled=True, default_policy="deny")
-    lab.sim.add_token(APP_SECRET, key_prefix_rules={"app/": "write", "app/private/": "deny"},
+    lab.sim.add_token(APP_SECRET, key_prefix_rules=APP_KEY_RULES,
                       session_prefix_rules={"": "write"}, accessor_id=APP_ACCESSOR)
     yield lab
     lab.endpoint.stop()
+
+
+def empty_store_index(lab, index):
+    """The index of an empty KV store: 1 on a fresh simulator (Consul never answers 0); on the
+    shared real server, emptied between tests, the KV table's index of earlier tests (>= 1)."""
+    if lab.real is None:
+        return index == "1"
+    return int(index) >= 1
+
+
+def raw_request_no_redirect(lab, method, path, body=None):
+    """``(status, headers, body text)`` of one request; a 301 is returned, not followed."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", lab.port, timeout=10)
+    try:
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode()
+    finally:
+        conn.close()
 
 
 def assert_text_error(status, headers, body, expected_status, expected_body):
@@ -111,12 +194,12 @@ def test_put_then_get_returns_entry_and_modify_index(consul_lab):
 def test_missing_key_is_none_with_index_of_the_kv_table(consul_lab):
     c = consul_lab.client()
     index, entry = c.kv.get("nothing/here")
-    assert entry is None and index == "1"  # empty store: Consul never answers 0
+    assert entry is None and empty_store_index(consul_lab, index)
     c.kv.put("a", "1")
     c.kv.put("b", "2")
     index, entry = c.kv.get("nothing/here")
     assert entry is None
-    assert index == str(consul_lab.sim.kv_get("b")["ModifyIndex"])
+    assert index == str(consul_lab.state.kv_get("b")["ModifyIndex"])
 
 
 def test_404_carries_index_and_leader_headers_and_empty_body(consul_lab):
@@ -127,7 +210,7 @@ def test_404_carries_index_and_leader_headers_and_empty_body(consul_lab):
     resp = responses[-1]
     assert resp.status_code == 404
     assert resp.content == b""
-    assert resp.headers["X-Consul-Index"] == str(consul_lab.sim.kv_get("present")["ModifyIndex"])
+    assert resp.headers["X-Consul-Index"] == str(consul_lab.state.kv_get("present")["ModifyIndex"])
     assert resp.headers["X-Consul-KnownLeader"] == "true"
     assert resp.headers["X-Consul-LastContact"] == "0"
     assert resp.headers["X-Consul-Default-ACL-Policy"] == "allow"
@@ -136,6 +219,7 @@ def test_404_carries_index_and_leader_headers_and_empty_body(consul_lab):
 def test_suite_would_notice_a_missing_index_header(consul_lab, monkeypatch):
     """py-consul refuses a GET without X-Consul-Index, so the passing tests above prove the
     simulator sends it, on 200 and on 404 alike."""
+    consul_lab.lab_only("patches the simulator to prove the suite notices a missing header")
     original = consul_lab.sim.dispatch
 
     def dispatch_without_index(req):
@@ -189,7 +273,7 @@ def test_recurse_lists_prefix_sorted_with_max_index(consul_lab):
     index, entries = c.kv.get("web/", recurse=True)
     assert [e["Key"] for e in entries] == ["web/a", "web/b", "web/sub/c"]
     assert index == str(max(e["ModifyIndex"] for e in entries))
-    assert int(index) < consul_lab.sim.kv_get("other")["ModifyIndex"]
+    assert int(index) < consul_lab.state.kv_get("other")["ModifyIndex"]
 
 
 def test_recurse_index_includes_tombstones(consul_lab):
@@ -205,7 +289,7 @@ def test_recurse_index_includes_tombstones(consul_lab):
 
 def test_recurse_on_empty_store_is_404(consul_lab):
     index, entries = consul_lab.client().kv.get("", recurse=True)
-    assert entries is None and index == "1"
+    assert entries is None and empty_store_index(consul_lab, index)
 
 
 def test_keys_and_separator_roll_up(consul_lab):
@@ -222,7 +306,8 @@ def test_keys_and_separator_roll_up(consul_lab):
 
 def test_keys_on_empty_root_is_empty_list_but_missing_prefix_is_404(consul_lab):
     c = consul_lab.client()
-    assert c.kv.get("", keys=True) == ("1", [])
+    index, keys = c.kv.get("", keys=True)
+    assert keys == [] and empty_store_index(consul_lab, index)
     assert c.kv.get("nope/", keys=True)[1] is None
 
 
@@ -260,7 +345,7 @@ def test_delete_plain_cas_and_recurse(consul_lab):
     assert c.kv.delete("d/b", cas=index) is True
     assert c.kv.delete("d/b", cas=12345) is True     # cas on a missing key: true
     assert c.kv.delete("d/", recurse=True) is True
-    assert consul_lab.sim.kv_keys() == ["keep"]
+    assert consul_lab.state.kv_keys() == ["keep"]
 
 
 def test_conflicting_flags_are_400_with_the_query(consul_lab):
@@ -268,7 +353,7 @@ def test_conflicting_flags_are_400_with_the_query(consul_lab):
     sid = c.session.create()
     with pytest.raises(BadRequest) as err:
         c.kv.put("k", "v", cas=0, acquire=sid)
-    assert str(err.value) == "400 Conflicting flags: acquire=%s&cas=0\n" % sid
+    assert str(err.value) == "400 Conflicting flags: acquire=%s&cas=0" % sid  # no newline
     with pytest.raises(BadRequest, match=r"Conflicting flags: cas=5&recurse=1"):
         c.kv.delete("k", recurse=True, cas=5)
 
@@ -280,7 +365,7 @@ def test_value_over_kv_max_value_size_is_413(consul_lab):
         c.kv.put("big/too", b"x" * 524289)
     assert str(err.value).startswith(
         "413 Request body(524289 bytes) too large, max size: 524288 bytes. See ")
-    assert consul_lab.sim.kv_get("big/too") is None
+    assert consul_lab.state.kv_get("big/too") is None
 
 
 def test_bad_requests_answer_400(consul_lab):
@@ -293,9 +378,30 @@ def test_bad_requests_answer_400(consul_lab):
         c.kv.get("k", index="5", wait="soon")
     with pytest.raises(BadRequest, match="Invalid index"):
         c.kv.get("k", index="abc")
-    # UNCONFIRMED in the reference; the simulator picks 400 (py-consul asserts it away).
-    with pytest.raises(BadRequest, match="key must not begin with a '/'"):
-        c.http.get(CB.json(index=True), "/v1/kv//leading")
+
+    # A leading "/" in the key is a "//" in the path: Go's ServeMux redirects it before Consul
+    # sees the request (docs/upstream.md#consul-cleans-kv-paths).
+    status, headers, body = raw_request_no_redirect(consul_lab, "GET", "/v1/kv//leading")
+    assert status == 301 and headers["Location"] == "/v1/kv/leading"
+
+
+@pytest.mark.parametrize("path, cleaned", [
+    ("/v1/kv/a//b", "/v1/kv/a/b"), ("/v1/kv/a/./b", "/v1/kv/a/b"), ("/v1/kv/a/../b", "/v1/kv/b"),
+    ("/v1/kv/a/b/.", "/v1/kv/a/b"), ("/v1/kv//a", "/v1/kv/a"), ("/v1/kv/a/..", "/v1/kv/"),
+])
+def test_unclean_key_paths_are_redirected_and_nothing_is_written(consul_lab, path, cleaned):
+    """Consul answers a KV path that Go's path.Clean would change with a 301 to the cleaned path
+    (query kept) and writes nothing; GET answers carry a small HTML body, other methods none."""
+    status, headers, body = raw_request_no_redirect(consul_lab, "PUT", path + "?flags=3", body=b"v")
+    assert (status, headers["Location"], body) == (301, cleaned + "?flags=3", "")
+    assert "Content-Type" not in headers and "X-Consul-Default-Acl-Policy" not in headers
+    assert consul_lab.state.kv_keys() == []
+    status, headers, body = raw_request_no_redirect(consul_lab, "GET", path + "?recurse")
+    assert status == 301 and headers["Location"] == cleaned + "?recurse"
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert body == '<a href="%s?recurse">Moved Permanently</a>.\n\n' % cleaned
+    status, headers, body = raw_request_no_redirect(consul_lab, "PUT", "/v1/kv/a/b/", body=b"v")
+    assert status == 200 and consul_lab.state.kv_keys() == ["a/b/"]  # a trailing "/" is kept
 
 
 def test_routing_and_datacenter_errors(consul_lab):
@@ -306,11 +412,13 @@ def test_routing_and_datacenter_errors(consul_lab):
         c.http.get(CB.json(allow_404=False), "/v1/nope")
     with pytest.raises(consul.ConsulException, match="500 No path to datacenter"):
         c.kv.get("k", dc="dc2")
-    assert consul.Consul(host="127.0.0.1", port=consul_lab.port, dc="dc1",
-                         consistency="stale").kv.get("k") == ("1", None)
+    index, entry = consul.Consul(host="127.0.0.1", port=consul_lab.port, dc="dc1",
+                                 consistency="stale").kv.get("k")
+    assert entry is None and empty_store_index(consul_lab, index)
 
 
 def test_seeded_state_is_visible_and_direct_api_shapes(consul_lab):
+    consul_lab.lab_only("checks the simulator's own seeding calls")
     sim = consul_lab.sim
     seeded = sim.kv_put("seed/a", "value", flags=7)
     assert seeded["Value"] == b"value" and seeded["Flags"] == 7
@@ -331,6 +439,7 @@ def test_400_body_is_text_plain_on_the_wire(consul_lab):
 
 def test_text_error_check_rejects_a_json_error_body(consul_lab, monkeypatch):
     """If the simulator answered errors with JSON, the check above would fail."""
+    consul_lab.lab_only("patches the simulator to prove the text check fails")
     monkeypatch.setattr(consul_lab.sim, "dispatch",
                         lambda req: httpd.json_response({"error": "Missing key name"}, 400))
     status, headers, body = raw_request(consul_lab, "GET", "/v1/kv/")
@@ -368,7 +477,7 @@ def test_txn_success_results(consul_lab):
     assert get_result["Value"] == base64.b64encode(b"A").decode()
     assert set_result["ModifyIndex"] == get_result["ModifyIndex"]  # one raft index per txn
     assert check_result["Key"] == "t/old" and check_result["Value"] is None
-    assert consul_lab.sim.kv_get("t/old") is None
+    assert consul_lab.state.kv_get("t/old") is None
 
 
 def test_txn_rollback_is_409_listing_every_failure(consul_lab):
@@ -390,7 +499,7 @@ def test_txn_rollback_is_409_listing_every_failure(consul_lab):
         {"OpIndex": 2, "What": 'key "r/missing" doesn\'t exist'},
         {"OpIndex": 3, "What": 'key "r/exists" exists'},
     ]
-    assert consul_lab.sim.kv_get("r/new") is None
+    assert consul_lab.state.kv_get("r/new") is None
 
 
 def test_txn_locks_and_session_checks(consul_lab):
@@ -409,7 +518,7 @@ def test_txn_locks_and_session_checks(consul_lab):
         'failed session check for key "l/k", current session "%s" != ""' % sid]
     result = c.txn.put([_kv_op("unlock", "l/k", Session=sid), _kv_op("delete-tree", "l/")])
     assert [r["KV"]["Key"] for r in result["Results"]] == ["l/k"]
-    assert consul_lab.sim.kv_keys("l/") == []
+    assert consul_lab.state.kv_keys("l/") == []
 
 
 def test_txn_op_limit_depends_on_version(consul_clean_env):
@@ -434,8 +543,12 @@ def test_txn_bad_base64_and_oversized_bodies(consul_lab):
                        match="Failed to parse body: illegal base64 data at input byte 4"):
         c.txn.put([{"KV": {"Verb": "set", "Key": "b", "Value": "aGVs!G8="}}])
     big = base64.b64encode(b"x" * 524289).decode()
-    with pytest.raises(ClientError, match="413 Request body too large, max size: 524288 bytes"):
+    with pytest.raises(ClientError) as err:
         c.txn.put([{"KV": {"Verb": "set", "Key": "b", "Value": big}}])
+    size = len(json.dumps([{"KV": {"Verb": "set", "Key": "b", "Value": big}}]))
+    assert str(err.value) == (
+        "413 Request body(%d bytes) too large, max size: 524288 bytes. See "
+        "https://www.consul.io/docs/agent/config/config-files#txn_max_req_len." % size)
 
 
 def test_txn_value_over_kv_max_value_size_is_413(consul_clean_env):
@@ -488,7 +601,7 @@ def test_session_create_body_rules(consul_lab):
                               "[10s=24h0m0s]")
     with pytest.raises(consul.ConsulException, match="500 Invalid Behavior setting 'bogus'"):
         create({"Behavior": "bogus"})
-    with pytest.raises(consul.ConsulException, match="500 Missing node registration"):
+    with pytest.raises(consul.ConsulException, match="^500 apply failed: Missing node registration$"):
         create({"Node": "ghost"})
 
 
@@ -525,6 +638,7 @@ def test_acquire_with_unknown_session_is_500(consul_lab):
 
 
 def test_destroy_releases_and_starts_lock_delay(consul_lab):
+    consul_lab.lab_only("moves the simulator's clock through the lock delay")
     c = consul_lab.client()
     a, b = c.session.create(), c.session.create()  # default lock-delay 15s
     assert c.kv.put("svc/leader", "a", acquire=a) is True
@@ -539,6 +653,7 @@ def test_destroy_releases_and_starts_lock_delay(consul_lab):
 
 
 def test_ttl_expiry_after_twice_the_ttl(consul_lab):
+    consul_lab.lab_only("moves the simulator's clock past session TTLs")
     c = consul_lab.client()
     sid = c.session.create(ttl=10, lock_delay=0)
     assert c.kv.put("svc/leader", "me", acquire=sid) is True
@@ -554,13 +669,14 @@ def test_ttl_expiry_after_twice_the_ttl(consul_lab):
 
 
 def test_behavior_delete_removes_held_keys(consul_lab):
+    consul_lab.lab_only("expires sessions through the simulator's clock")
     c = consul_lab.client()
     sid = c.session.create(ttl=10, behavior="delete")
     c.kv.put("ephemeral/node-1", "up", acquire=sid)
     c.kv.put("ephemeral/other", "stays")
     consul_lab.sim.advance(20)
     consul_lab.sim.expire_sessions_now()
-    assert consul_lab.sim.kv_keys("ephemeral/") == ["ephemeral/other"]
+    assert consul_lab.state.kv_keys("ephemeral/") == ["ephemeral/other"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,7 +751,7 @@ def test_acl_anonymous_and_unknown_tokens(consul_acl_lab):
 
 
 def test_acl_lists_filter_instead_of_403(consul_acl_lab):
-    sim = consul_acl_lab.sim
+    sim = consul_acl_lab.state
     for key in ("app/a", "app/private/b", "other/c"):
         sim.kv_put(key, "v")
     c = consul_acl_lab.client(token=APP_SECRET)
@@ -681,16 +797,16 @@ def test_acl_txn_needs_the_session_header_workaround(consul_acl_lab):
         "OpIndex": 1, "What": "Permission denied: token with AccessorID '%s' lacks permission "
                               "'key:write' on \"other/t\"" % APP_ACCESSOR}]
     assert c.txn.put(ops[:1])["Errors"] is None
-    assert consul_acl_lab.sim.kv_get("app/t")["Value"] == b"v"
+    assert consul_acl_lab.state.kv_get("app/t")["Value"] == b"v"
 
 
 def test_acl_agent_self_and_status(consul_acl_lab):
-    c = consul_acl_lab.client(token=consul_acl_lab.sim.management_token)
-    assert c.status.leader() == "127.0.0.1:8300"  # no ACL needed
-    assert c.status.peers() == ["127.0.0.1:8300"]
+    c = consul_acl_lab.client(token=consul_acl_lab.management_token)
+    assert c.status.leader() == consul_acl_lab.leader  # no ACL needed
+    assert c.status.peers() == [consul_acl_lab.leader]
     with pytest.raises(consul.ACLPermissionDenied, match="'agent:read' on \"lab-consul\""):
         c.agent.self()  # py-consul sends no token here
-    c.http.session.headers["X-Consul-Token"] = consul_acl_lab.sim.management_token
+    c.http.session.headers["X-Consul-Token"] = consul_acl_lab.management_token
     config = c.agent.self()["Config"]
     assert config["NodeName"] == "lab-consul" and config["Datacenter"] == "dc1"
     assert config["Version"] == "1.16.0"
@@ -704,3 +820,56 @@ def test_acl_sessions_and_locks_with_a_token(consul_acl_lab):
         consul_acl_lab.client().session.create()
     assert consul_acl_lab.client().session.list()[1] == []  # anonymous: filtered
     assert c.session.destroy(sid) is True
+
+
+# ---------------------------------------------------------------------------------------------
+# What the simulator once answered differently from Consul 1.16.0
+# ---------------------------------------------------------------------------------------------
+
+def test_read_only_txn_answers_with_query_metadata(consul_lab):
+    consul_lab.client().kv.put("x", "1")
+    body = json.dumps([_kv_op("get", "x")]).encode()
+    status, headers, text = raw_request_no_redirect(consul_lab, "PUT", "/v1/txn", body=body)
+    answer = json.loads(text)
+    assert status == 200 and [r["KV"]["Key"] for r in answer["Results"]] == ["x"]
+    assert {k: answer[k] for k in ("Errors", "Index", "LastContact", "KnownLeader", "ConsistencyLevel",
+                                   "NotModified", "Backend", "ResultsFilteredByACLs")} == {
+        "Errors": None, "Index": 1, "LastContact": 0, "KnownLeader": True, "ConsistencyLevel": "",
+        "NotModified": False, "Backend": 0, "ResultsFilteredByACLs": False}
+    write = json.dumps([_kv_op("set", "y", b"v")]).encode()
+    status, headers, text = raw_request_no_redirect(consul_lab, "PUT", "/v1/txn", body=write)
+    assert status == 200 and sorted(json.loads(text)) == ["Errors", "Results"]  # writes: no metadata
+
+
+def test_every_answer_varies_on_encoding_and_names_no_server(consul_lab):
+    consul_lab.client().kv.put("x", "1")
+    for path in ("/v1/kv/x", "/v1/kv/absent", "/v1/status/leader"):
+        status, headers, unused = raw_request_no_redirect(consul_lab, "GET", path)
+        assert headers["Vary"] == "Accept-Encoding" and "Server" not in headers, (path, headers)
+    status, headers, unused = raw_request_no_redirect(consul_lab, "GET", "/v1/kv/x")
+    assert headers["X-Consul-Query-Backend"] == "blocking-query"
+
+
+def test_token_self_without_acls_is_401(consul_lab):
+    status, headers, body = raw_request_no_redirect(consul_lab, "GET", "/v1/acl/token/self")
+    assert (status, body) == (401, "ACL support disabled")
+
+
+def test_token_self_names_the_token_and_its_policies(consul_acl_lab):
+    status, headers, body = _token_self(consul_acl_lab, APP_SECRET)
+    token = json.loads(body)
+    assert status == 200 and token["AccessorID"] == APP_ACCESSOR and token["SecretID"] == APP_SECRET
+    assert "global-management" not in [p["Name"] for p in token["Policies"]]
+    status, headers, body = _token_self(consul_acl_lab, consul_acl_lab.management_token)
+    assert [p["ID"] for p in json.loads(body)["Policies"]] == ["00000000-0000-0000-0000-000000000001"]
+
+
+def _token_self(lab, token):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", lab.port, timeout=10)
+    try:
+        conn.request("GET", "/v1/acl/token/self", headers={"X-Consul-Token": token})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode()
+    finally:
+        conn.close()

@@ -1,6 +1,6 @@
 """Conformance of the lab's Nomad simulator (tests/lab/nomad.py), driven only through python-nomad.
 
-What these pin down comes from /work/shared/reference/nomad-consul.md and Nomad 1.9 sources: exact
+What these pin down comes from docs/upstream.md (#nomad-http and the entries after it) and Nomad 1.9 sources: exact
 field sets and types, text/plain error bodies, ACL behaviour, list filtering, node liveness.
 """
 
@@ -351,7 +351,7 @@ def test_namespace_scoped_token_filters_lists(nomad_lab):
     assert reader.namespace.get_namespace("prod")["Description"] == "production"
     with pytest.raises(nexc.URLNotAuthorizedNomadException):
         reader.namespace.get_namespace("secret")
-    # reading one alloc of an unreadable namespace: the reference's pitfall (UNCONFIRMED live)
+    # reading one alloc of an unreadable namespace: 500, docs/upstream.md#nomad-allocations
     with pytest.raises(nexc.BaseNomadException) as err:
         reader.allocation.get_allocation(nomad_lab.hidden["ID"])
     assert err.value.nomad_resp.status_code == 500

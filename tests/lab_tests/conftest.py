@@ -10,7 +10,16 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
+from tests.lab.consul import CONSUL_SKIP_REASON, find_consul
 from tests.lab.lab import lab_pool
+
+# The kvstore backends a kvstore module test runs on: (kvstore, Cilium version, Consul kind).
+# "consul-real" is a real Consul server (CONSUL_BIN) behind the lab's proxy; skipped without one.
+REAL_CONSUL = pytest.mark.skipif(find_consul() is None, reason=CONSUL_SKIP_REASON)
+KV_BACKENDS = [pytest.param(("consul", "1.16", "sim"), id="consul"),
+               pytest.param(("consul", "1.16", "real"), id="consul-real", marks=REAL_CONSUL),
+               pytest.param(("etcd", "1.19", "sim"), id="etcd")]
+CONSUL_KINDS = [pytest.param("sim", id="consul"), pytest.param("real", id="consul-real", marks=REAL_CONSUL)]
 
 
 class ModuleResult(dict):

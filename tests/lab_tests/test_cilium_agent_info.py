@@ -81,7 +81,8 @@ def test_agent_error_names_status_and_body(lab):
 
 
 def test_etcd_agent_degrades_without_heartbeat_and_fail_on_unhealthy(lab_factory):
-    lab = lab_factory(nodes=1, cilium="1.19", kvstore="etcd", scenario="clean",
+    # 1.17: the heartbeat timer runs from agent start (from 1.18 only clustermesh clients check it)
+    lab = lab_factory(nodes=1, cilium="1.17", kvstore="etcd", scenario="clean",
                       heartbeat_timeout=0.6)
     node = lab.nodes[0]
     args = {"cilium_socket": node.socket_path, "fail_on_unhealthy": True}
@@ -91,5 +92,6 @@ def test_etcd_agent_degrades_without_heartbeat_and_fail_on_unhealthy(lab_factory
     assert result.failed and result["healthy"] is False
     assert result["kvstore"]["state"] == "Failure"
     assert "quorum check failed" in result["msg"] and node.socket_path in result["msg"]
+    assert result["version"] == "1.17.6"  # reported even with the kvstore down
     lab.kv.write_heartbeat()
     assert not run_module("cilium_agent_info", args).failed

@@ -10,6 +10,8 @@ from tests.lab import httpd
 from tests.lab.kvstore import IDS, labels_key
 from tests.lab.scenarios import netreap_labels
 from tests.lab_tests.conftest import (
+    CONSUL_KINDS,
+    KV_BACKENDS,
     etcd_front,
     kvstore_args,
     kvstore_writes,
@@ -19,20 +21,20 @@ from tests.lab_tests.conftest import (
 
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import kvstore_from_params
 
-BACKENDS = [pytest.param(("consul", "1.16"), id="consul"), pytest.param(("etcd", "1.19"), id="etcd")]
+BACKENDS = KV_BACKENDS
 DEAD = [5256, 5257, 5258]  # the drift scenario's retired-a/b/c identities
 MARKS = "netreap/gc/v1/identities/"
 
 
 @pytest.fixture(params=BACKENDS)
 def drift_lab(request, lab_factory):
-    kvstore, cilium = request.param
-    return lab_factory(nodes=2, cilium=cilium, kvstore=kvstore, scenario="drift")
+    kvstore, cilium, consul = request.param
+    return lab_factory(consul=consul, nodes=2, cilium=cilium, kvstore=kvstore, scenario="drift")
 
 
-@pytest.fixture
-def consul_lab(lab_factory):
-    return lab_factory(nodes=2, cilium="1.16", kvstore="consul", scenario="drift")
+@pytest.fixture(params=CONSUL_KINDS)
+def consul_lab(request, lab_factory):
+    return lab_factory(consul=request.param, nodes=2, cilium="1.16", kvstore="consul", scenario="drift")
 
 
 def ids(items):
@@ -158,17 +160,38 @@ def test_max_delete_caps_a_sweep(consul_lab):
     assert set(DEAD) <= set(lab.kv.identities())
 
 
-def test_consul_listing_hidden_by_acls_is_refused(lab_factory):
-    lab = lab_factory(nodes=2, cilium="1.16", kvstore="consul", scenario="drift", acl=True)
-    lab.consul.add_token("gc-token", key_prefix_rules={"": "write",
-                                                       "cilium/state/identities/v1/value/": "deny"},
-                         session_prefix_rules={"": "write"})
+GC_TOKEN = "6d0c1b1e-8b8a-4d47-9d55-3e0c5c0b7a11"
+HIDE_VALUES = {"": "write", "cilium/state/identities/v1/value/": "deny"}
+
+
+@pytest.mark.parametrize("consul", CONSUL_KINDS)
+def test_consul_listing_hidden_by_acls_is_refused(lab_factory, consul):
+    lab = lab_factory(nodes=2, cilium="1.16", kvstore="consul", scenario="drift", acl=True, consul=consul)
+    lab.consul.add_token(GC_TOKEN, key_prefix_rules=HIDE_VALUES, session_prefix_rules={"": "write"})
     for unused in range(2):
-        result = run_module("cilium_identity_gc", kvstore_args(lab, min_age=0, consul_token="gc-token"))
+        result = run_module("cilium_identity_gc", kvstore_args(lab, min_age=0, consul_token=GC_TOKEN))
         assert result.failed
         assert result["msg"].startswith("Consul hid part of cilium/state/identities/v1/value/ from this "
                                         "token (X-Consul-Results-Filtered-By-ACLs)")
     assert marks(lab) == {} and len(lab.kv.identities()) == 6  # in-use identities were not marked
+
+
+def test_old_consul_that_never_flags_hidden_keys_is_not_trusted(lab_factory):
+    """Consul before 1.11 (1.8.7 checked) never sends X-Consul-Results-Filtered-By-ACLs: a token
+    that cannot read the value keys sees every identity unused.  The run refuses to mark unless it
+    knows nothing can be hidden (a management token, or ACLs off)."""
+    lab = lab_factory(nodes=2, cilium="1.16", kvstore="consul", scenario="drift", acl=True,
+                      consul_version="1.8.7")
+    lab.consul.add_token(GC_TOKEN, key_prefix_rules=HIDE_VALUES, session_prefix_rules={"": "write"},
+                         agent_prefix_rules={"": "read"})
+    result = run_module("cilium_identity_gc", kvstore_args(lab, min_age=0, consul_token=GC_TOKEN))
+    assert result.failed and result["msg"] == (
+        "cannot trust the Consul listings: Consul 1.8 does not say whether ACLs hid keys from a listing "
+        "(X-Consul-Results-Filtered-By-ACLs exists from Consul 1.11); grant the token agent:read so the "
+        "version can be checked, or use a management token. Nothing was changed")
+    assert marks(lab) == {} and len(lab.kv.identities()) == 6
+    managed = run_module("cilium_identity_gc", kvstore_args(lab, min_age=0))  # the management token
+    assert not managed.failed and ids(managed["marked"]) == DEAD
 
 
 def test_etcd_keeps_an_identity_that_gets_a_user_while_being_deleted(lab_factory):
@@ -206,3 +229,60 @@ def test_shares_the_leader_lock_with_node_gc(consul_lab):
     finally:
         held.release()
     assert ids(run_module("cilium_identity_gc", args)["deleted"]) == DEAD
+
+
+URL_META = {"url": "https://example.org//a/./b"}
+
+
+def identity_with(lab, text):
+    found = [i for i, lkey in lab.kv.identities().items() if text in lkey]
+    assert len(found) == 1, lab.kv.identities()
+    return found[0]
+
+
+@pytest.mark.parametrize("lab_args", BACKENDS)
+def test_identity_with_double_slash_in_a_label_survives_while_used(lab_factory, lab_args):
+    """A nomad: meta value "https://example.org//a/./b" is in the label key; Cilium writes its value
+    keys through Go's path.Join, cleaned ("https:/example.org/a/b" in etcd).  Used by a live endpoint
+    it survives any number of runs; once its last user is gone it is collected in two."""
+    kvstore, cilium, consul = lab_args
+    lab = lab_factory(consul=consul, nodes=2, cilium=cilium, kvstore=kvstore, scenario="clean")
+    node = lab.nodes[0]
+    labels = netreap_labels("portal", "default", "web", job_meta=URL_META)
+    endpoint = node.cilium.add_endpoint(container_id="c0ffee00-0000-4000-8000-000000000001", labels=labels)
+    identity = identity_with(lab, "https://example.org//a/./b")
+    if kvstore == "etcd":  # the value key as the agent wrote it: cleaned
+        (uses,) = [u for u in lab.kv.identity_uses() if u[2] == identity]
+        assert "https:/example.org/a/b" in uses[0]
+    args = kvstore_args(lab, min_age=0)
+    for unused in range(4):
+        result = run_module("cilium_identity_gc", args)
+        assert not result.failed, result["msg"]
+        assert identity not in ids(result["marked"] + result["deleted"])
+    assert identity in lab.kv.identities() and identity not in marks(lab)
+
+    node.cilium.remove_endpoint(endpoint["id"])
+    first = run_module("cilium_identity_gc", args)
+    assert ids(first["marked"]) == [identity] and identity in lab.kv.identities()
+    second = run_module("cilium_identity_gc", args)
+    assert ids(second["deleted"]) == [identity] and identity not in lab.kv.identities()
+
+
+def test_value_key_of_another_id_counts_only_before_1_18_6(lab_factory):
+    """From 1.18.6 the operator counts a value key only when it holds the identity's ID: with
+    cilium_version set to such a release, an identity whose only value key holds another ID (left by
+    an earlier allocation of the same labels) is collected; unset, it is kept."""
+    lab = lab_factory(nodes=2, cilium="1.19", kvstore="etcd", scenario="drift")
+    lab.kv.write_identity_use(dead_labels("retired-a"), lab.nodes[0].ip, 4711)  # not 5256
+    old_rule = kvstore_args(lab, min_age=0)
+    for unused in range(2):
+        result = run_module("cilium_identity_gc", old_rule)
+        assert not result.failed and 5256 not in ids(result["marked"] + result["deleted"])
+    new_rule = kvstore_args(lab, min_age=0, cilium_version=lab.profile["full_version"])
+    first = run_module("cilium_identity_gc", new_rule)
+    marked = {m["id"]: m for m in first["marked"]}
+    assert "holds its ID" in marked[5256]["reason"]
+    second = run_module("cilium_identity_gc", new_rule)
+    assert 5256 in ids(second["deleted"]) and 5256 not in lab.kv.identities()
+    result = run_module("cilium_identity_gc", kvstore_args(lab, cilium_version="1.19"))
+    assert result.failed and "cilium_version must be a release such as 1.18.6" in result["msg"]

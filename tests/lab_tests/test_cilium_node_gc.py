@@ -14,6 +14,8 @@ import pytest
 from tests.lab import httpd
 from tests.lab.kvstore import NODES
 from tests.lab_tests.conftest import (
+    CONSUL_KINDS,
+    KV_BACKENDS,
     etcd_front,
     kvstore_args,
     kvstore_writes,
@@ -26,7 +28,7 @@ from tests.lab_tests.conftest import (
 from ansible_collections.netreap.cilium.plugins.module_utils._etcd import EtcdClient
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import kvstore_from_params
 
-BACKENDS = [pytest.param(("consul", "1.16"), id="consul"), pytest.param(("etcd", "1.19"), id="etcd")]
+BACKENDS = KV_BACKENDS
 RETIRED = ["nomad-client-retired-1", "nomad-client-retired-2"]
 LIVE = ["nomad-client-1", "nomad-client-2", "nomad-client-3"]
 MARKS = "netreap/gc/v1/nodes/default/"
@@ -34,14 +36,14 @@ MARKS = "netreap/gc/v1/nodes/default/"
 
 @pytest.fixture(params=BACKENDS)
 def drift_lab(request, lab_factory):
-    kvstore, cilium = request.param
-    return lab_factory(nodes=3, cilium=cilium, kvstore=kvstore, scenario="drift")
+    kvstore, cilium, consul = request.param
+    return lab_factory(consul=consul, nodes=3, cilium=cilium, kvstore=kvstore, scenario="drift")
 
 
-@pytest.fixture
-def consul_drift_lab(lab_factory):
+@pytest.fixture(params=CONSUL_KINDS)
+def consul_drift_lab(request, lab_factory):
     """For behaviour decided by the planner alone (the same for both backends)."""
-    return lab_factory(nodes=3, cilium="1.16", kvstore="consul", scenario="drift")
+    return lab_factory(consul=request.param, nodes=3, cilium="1.16", kvstore="consul", scenario="drift")
 
 
 def gc_args(lab, **extra):
@@ -146,8 +148,10 @@ def test_check_mode_reports_exactly_what_would_happen_and_writes_nothing(drift_l
     before = len(kvstore_writes(lab))
     preview = run_module("cilium_node_gc", gc_args(lab, min_age=0), check_mode=True, diff=True)
     assert names(preview["deleted"]) == RETIRED
+    purged = [p + "\n" for d in preview["deleted"] for p in d.get("purged", [])]
+    assert bool(purged) is (lab.kvstore_type == "consul")  # purge_node_state: on by default with Consul
     assert preview["diff"]["before"] == "".join(sorted(
-        [NODES + "default/" + n + "\n" for n in RETIRED] + [MARKS + n + "\n" for n in RETIRED]))
+        [NODES + "default/" + n + "\n" for n in RETIRED] + [MARKS + n + "\n" for n in RETIRED] + purged))
     assert len(kvstore_writes(lab)) == before and node_keys(lab) == sorted(
         LIVE + RETIRED + ["nomad-client-down-1"])
     real = run_module("cilium_node_gc", gc_args(lab, min_age=0), diff=True)
@@ -178,8 +182,8 @@ def test_nomad_failure_changes_nothing(lab_factory, fault, expected):
 
 @pytest.mark.parametrize("lab_args", BACKENDS)
 def test_empty_nomad_list_is_refused(lab_factory, lab_args):
-    kvstore, cilium = lab_args
-    lab = lab_factory(nodes=2, cilium=cilium, kvstore=kvstore, scenario="drift")
+    kvstore, cilium, consul = lab_args
+    lab = lab_factory(consul=consul, nodes=2, cilium=cilium, kvstore=kvstore, scenario="drift")
     for node in list(lab.nomad._nodes):
         lab.nomad.remove_node(node)
     before = len(kvstore_writes(lab))
@@ -261,8 +265,8 @@ def test_node_key_rewritten_after_marking_is_marked_again(consul_drift_lab):
 # -- batching and partial failure ---------------------------------------------------------------
 @pytest.mark.parametrize("lab_args", BACKENDS)
 def test_hundreds_of_deletions_take_a_handful_of_transactions(lab_factory, lab_args):
-    kvstore, cilium = lab_args
-    lab = lab_factory(nodes=3, cilium=cilium, kvstore=kvstore, scenario="clean")
+    kvstore, cilium, consul = lab_args
+    lab = lab_factory(consul=consul, nodes=3, cilium=cilium, kvstore=kvstore, scenario="clean")
     stale = add_stale_nodes(lab, 300)
     args = gc_args(lab, min_age=0, max_delete=300, max_delete_percent=100)
     service = lab.kvstore_type if kvstore == "consul" else "etcd"
@@ -278,14 +282,15 @@ def test_hundreds_of_deletions_take_a_handful_of_transactions(lab_factory, lab_a
     # 300 x (node key + mark) = 600 conditional deletes in 127-op transactions; Netreap: 300 DELETEs
     assert swept["transactions"] == 5
     assert lab.log.count(service=service, path=txn_path) == 5 + lock_txns
-    assert lab.log.count(service=service) == swept["requests"]["kvstore"] <= 14
+    # with Consul two more listings (ipcache, identity values) per plan for the default purge
+    assert lab.log.count(service=service) == swept["requests"]["kvstore"] <= (18 if kvstore == "consul" else 14)
     assert swept["requests"]["nomad"] == 1
 
 
 @pytest.mark.parametrize("lab_args", BACKENDS)
 def test_write_failure_midway_reports_what_was_deleted_and_a_rerun_converges(lab_factory, lab_args):
-    kvstore, cilium = lab_args
-    lab = lab_factory(nodes=3, cilium=cilium, kvstore=kvstore, scenario="clean")
+    kvstore, cilium, consul = lab_args
+    lab = lab_factory(consul=consul, nodes=3, cilium=cilium, kvstore=kvstore, scenario="clean")
     stale = add_stale_nodes(lab, 6)
     # 3 ops per transaction: the lock check plus one node (node key + its mark)
     args = gc_args(lab, min_age=0, max_delete_percent=100, kvstore_txn_max_ops=3)
@@ -333,6 +338,8 @@ def test_a_second_reaper_skips_while_the_lock_is_held_then_proceeds(drift_lab):
 
 def test_lock_of_a_dead_reaper_expires_with_its_ttl(drift_lab):
     lab = drift_lab
+    if lab.kvstore_type == "consul" and lab.consul_kind == "real":
+        pytest.skip("simulator only: moves its clock past the session TTL")
     args = gc_args(lab, min_age=0)
     run_module("cilium_node_gc", args)
     key = "service/netreaper/leader" if lab.kvstore_type == "consul" else "netreap/gc/v1/leader"
@@ -375,17 +382,37 @@ def test_two_concurrent_reapers_delete_once(drift_lab):
     assert node_keys(lab) == sorted(LIVE + ["nomad-client-down-1"])
 
 
+def end_lock_session(lab, key="service/netreaper/leader"):
+    """End the Consul session holding the leader lock (the simulator or a real server): release
+    the key, then destroy the session -- releasing first starts no lock-delay, so the next lab on
+    a shared real server can take the lock at once."""
+    import http.client
+    session = lab.consul.kv_get(key)["Session"]
+    host, port = lab.consul_endpoint.url.rsplit("/", 1)[-1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    headers = {"X-Consul-Token": lab.tokens["consul"]} if lab.acl else {}
+    try:
+        for path in ("/v1/kv/%s?release=%s" % (key, session), "/v1/session/destroy/" + session):
+            conn.request("PUT", path, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200, (path, resp.status)
+    finally:
+        conn.close()
+
+
 def test_reaper_that_loses_its_lock_stops_writing(drift_lab):
     lab = drift_lab
     stale = add_stale_nodes(lab, 2)
-    args = gc_args(lab, min_age=0, max_delete_percent=100, kvstore_txn_max_ops=3)  # a node per txn
+    args = gc_args(lab, min_age=0, max_delete_percent=100, kvstore_txn_max_ops=3,  # a node per txn
+                   purge_node_state=False)
     run_module("cilium_node_gc", args)
     lab.log.clear()
     # the second deletion transaction is held for a second; meanwhile the lock goes away
     if lab.kvstore_type == "consul":
         lab.consul.faults.add(httpd.Fault(action="delay", delay=1.0, path="^/v1/txn$", skip=1))
-        # the session expires: Consul releases the lock key under us
-        thread = when_logged(lab, "consul", "^/v1/txn$", 1, lambda: lab.consul.advance(3600))
+        # the session ends (as when it expires): Consul releases the lock key under us
+        thread = when_logged(lab, "consul", "^/v1/txn$", 1, lambda: end_lock_session(lab))
     else:
         etcd_front(lab).faults.add(httpd.Fault(action="delay", delay=1.0, path="^/v3/kv/txn$", skip=2))
         client = EtcdClient([lab.etcd.url])
@@ -402,3 +429,78 @@ def test_reaper_that_loses_its_lock_stops_writing(drift_lab):
     remaining = sorted(set(RETIRED + stale) - set(deleted))
     assert names(result["not_applied"]) == remaining
     assert set(remaining) <= set(node_keys(lab)) and sorted(marks(lab)) == remaining
+
+
+@pytest.mark.parametrize("consul", CONSUL_KINDS)
+def test_on_consul_a_reaped_node_takes_its_identities_with_it(lab_factory, consul):
+    """Consul never expires an agent's keys: a node removed from Nomad leaves its value keys and
+    ipcache entries behind.  Node GC purges them by default on Consul, so identity GC collects
+    the identities used only on that node within two runs; one also used on a live node stays."""
+    from tests.lab.scenarios import netreap_labels
+
+    lab = lab_factory(nodes=3, cilium="1.16", kvstore="consul", scenario="clean", consul=consul)
+    gone, live = lab.nodes[2], lab.nodes[0]
+    gone.cilium.add_endpoint(container_id="0a000000-0000-4000-8000-000000000001",
+                             labels=netreap_labels("only-there", "default", "main"))
+    shared = netreap_labels("everywhere", "default", "main")
+    gone.cilium.add_endpoint(container_id="0a000000-0000-4000-8000-000000000002", labels=shared)
+    live.cilium.add_endpoint(container_id="0a000000-0000-4000-8000-000000000003", labels=shared)
+    by_job = {lkey.split(";")[0]: i for i, lkey in lab.kv.identities().items()}
+    only_id = by_job["netreap:nomad.job_id=only-there"]
+    shared_id = by_job["netreap:nomad.job_id=everywhere"]
+
+    lab.nomad.remove_node(gone.node_id)  # the node and its agent are gone; Consul keeps its keys
+    left_behind = sorted([k for k in lab.kv.backend.list("cilium/state/ip/v1/default/")
+                          if json.loads(lab.kv.backend.get(k))["HostIP"] == gone.ip] +
+                         [lab.kv.value_key(lkey, gone.ip) for lkey, suffix, unused in lab.kv.identity_uses()
+                          if suffix == gone.ip])
+    assert len(left_behind) >= 3  # its endpoints' ipcache entries and its two identity uses
+    args = gc_args(lab, min_age=0)
+    first = run_module("cilium_node_gc", args)
+    assert not first.failed and names(first["marked"]) == [gone.name], first
+    reaped = run_module("cilium_node_gc", args)
+    assert not reaped.failed, reaped["msg"]
+    (deleted,) = reaped["deleted"]
+    assert deleted["name"] == gone.name and sorted(deleted["purged"]) == left_behind
+    assert not any(u[1] == gone.ip for u in lab.kv.identity_uses())
+    assert not any(p["HostIP"] == gone.ip for p in lab.kv.ipcache().values())
+
+    identity_args = kvstore_args(lab, min_age=0)
+    first = run_module("cilium_identity_gc", identity_args)
+    second = run_module("cilium_identity_gc", identity_args)
+    assert not first.failed and not second.failed, (first, second)
+    assert [d["id"] for d in first["deleted"] + second["deleted"]] == [only_id]
+    assert only_id not in lab.kv.identities() and shared_id in lab.kv.identities()
+
+
+@pytest.mark.parametrize("consul", CONSUL_KINDS)
+def test_on_consul_without_purge_a_reaped_nodes_identities_stay_in_use(lab_factory, consul):
+    """The reason for the Consul default: with purge_node_state=false nothing ever removes the
+    departed agent's value keys, so its identities look used forever."""
+    from tests.lab.scenarios import netreap_labels
+
+    lab = lab_factory(nodes=2, cilium="1.16", kvstore="consul", scenario="clean", consul=consul)
+    gone = lab.nodes[1]
+    gone.cilium.add_endpoint(container_id="0b000000-0000-4000-8000-000000000001",
+                             labels=netreap_labels("only-there", "default", "main"))
+    lab.nomad.remove_node(gone.node_id)
+    args = gc_args(lab, min_age=0, purge_node_state=False)
+    run_module("cilium_node_gc", args)
+    reaped = run_module("cilium_node_gc", args)
+    assert names(reaped["deleted"]) == [gone.name] and "purged" not in reaped["deleted"][0]
+    for unused in range(3):
+        result = run_module("cilium_identity_gc", kvstore_args(lab, min_age=0))
+        assert result["marked"] == [] and result["deleted"] == []
+
+
+def test_etcd_keeps_purge_off_by_default(lab_factory):
+    """etcd expires a departed agent's keys with its lease: node GC leaves them to it."""
+    lab = lab_factory(nodes=2, cilium="1.19", kvstore="etcd", scenario="clean")
+    gone = lab.nodes[1]
+    lab.kv.write_identity_use("netreap:nomad.job_id=x;", gone.ip, 4242)
+    lab.nomad.remove_node(gone.node_id)
+    args = gc_args(lab, min_age=0)
+    run_module("cilium_node_gc", args)
+    reaped = run_module("cilium_node_gc", args)
+    assert names(reaped["deleted"]) == [gone.name] and "purged" not in reaped["deleted"][0]
+    assert ("netreap:nomad.job_id=x;", gone.ip, 4242) in lab.kv.identity_uses()

@@ -353,8 +353,8 @@ CASES = [
           [{"etcd_stop": True}], "fail",
           ["operator duties FAILED", "Write the kvstore heartbeat", "write cilium/.heartbeat to the etcd kvstore",
            "connection refused", "Collect kvstore nodes"],
-          "heartbeat and GC fail and the summary says why; the node duties still run (policy through "
-          "the static directory: an agent whose kvstore is down reports no version)",
+          "heartbeat and GC fail and the summary says why; the node duties still run (the agents "
+          "still report their version with the kvstore down)",
           "no kvstore key deleted", "reap.yml with etcd down: converges once etcd is back",
           no_writes=False),
 ]

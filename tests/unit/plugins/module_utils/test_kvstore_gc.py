@@ -7,7 +7,11 @@ import json
 import pytest
 
 from ansible_collections.netreap.cilium.plugins.module_utils import _kvstore as kvs
-from ansible_collections.netreap.cilium.plugins.module_utils._consul import ConsulTxnError
+from ansible_collections.netreap.cilium.plugins.module_utils._consul import (
+    ConsulTxnError,
+    go_path_clean,
+    key_option_problem,
+)
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import (
     Change,
     ConsulKV,
@@ -28,6 +32,7 @@ from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc import 
     plan_identity_gc,
     plan_node_gc,
     rate_windows,
+    value_must_match_id,
 )
 
 NOW = 1_700_000_000.0
@@ -408,3 +413,157 @@ def test_change_larger_than_a_transaction_commits_its_node_key_last():
     assert [[op["KV"]["Key"] for op in t[1:]] for t in client.txns] == [["ip1", "ip2"], ["mark", "node"]]
     assert result.done == [] and result.partial == ["big"]
     assert result.conflicts == {"big": "changed since planned (node)"}
+
+
+# -- Go's path.Clean and identity value keys after cleaning ---------------------------------------
+@pytest.mark.parametrize("path, cleaned", [
+    # the examples of Go's path.Clean documentation
+    ("a/c", "a/c"), ("a//c", "a/c"), ("a/c/.", "a/c"), ("a/c/b/..", "a/c"), ("/../a/c", "/a/c"),
+    ("/../a/b/../././/c", "/a/c"), ("", "."),
+    # and the corner cases of its rules
+    ("/", "/"), ("//", "/"), (".", "."), ("..", ".."), ("../..", "../.."), ("a/../..", ".."),
+    ("a/", "a"), ("abc/def/../../..", ".."), ("/abc/def/../../..", "/"), ("https://x", "https:/x"),
+])
+def test_go_path_clean(path, cleaned):
+    assert go_path_clean(path) == cleaned
+
+
+URL_LABELS = "netreap:nomad.meta.url=https://example.org//a/./b;netreap:nomad.task_group_id=web;"
+
+
+def test_identity_with_slashes_in_a_label_is_used_by_its_cleaned_value_keys():
+    """Cilium writes value keys with path.Join: "https://example.org//a/./b" appears as
+    "https:/example.org/a/b".  The identity is in use; the raw label key would say it is not."""
+    ids = [KVEntry(IDS_PREFIX + "400", URL_LABELS.encode(), 11)]
+    cleaned = VALUES_PREFIX + "netreap:nomad.meta.url=https:/example.org/a/b;netreap:nomad.task_group_id=web;"
+    values = [KVEntry(cleaned + "/192.0.2.1", b"400", 15)]
+    marks = [KVEntry(ID_MARKS + "400", mark_value(NOW - 1000, 11, "unused", "x"), 40)]
+    plan = plan_identity_gc(ids, values, marks, NOW, min_age=0)
+    assert plan.of("delete") == [] and plan.of("mark") == []
+    assert [a["item"]["reason"] for a in plan.of("unmark")] == ["in use again"]
+    assert plan.counts["in_use"] == 1
+    # once the last user is gone it is collected, and the etcd guard checks the cleaned prefix
+    plan = plan_identity_gc(ids, [], marks, NOW, min_age=0)
+    (action,) = plan.of("delete")
+    assert action["change"].ops[0] == kvs.absent_prefix(cleaned + "/")
+
+
+def test_identity_whose_label_key_leaves_the_value_prefix_is_left_alone():
+    ids = [KVEntry(IDS_PREFIX + "401", b"netreap:x=../../../../../y;", 11)]
+    plan = plan_identity_gc(ids, [], [], NOW, min_age=0)
+    assert plan.of("mark") == [] and "leaves the value prefix" in plan.kept[0]["reason"]
+
+
+@pytest.mark.parametrize("version, rule", [
+    (None, False), ("1.16.5", False), ("1.18.5", False), ("1.18.6", True), ("v1.18.10", True),
+    ("1.19.0", True), ("2.0.0", True), ("not-a-version", False),
+])
+def test_value_must_match_id_from_1_18_6(version, rule):
+    assert value_must_match_id(version) is rule
+
+
+def test_value_key_holding_another_id_counts_only_before_1_18_6():
+    """From 1.18.6 the operator counts a value key only when it holds the identity's ID."""
+    ids = [KVEntry(IDS_PREFIX + "500", b"netreap:a=b;", 11), KVEntry(IDS_PREFIX + "501", b"netreap:c=d;", 12)]
+    values = [KVEntry(VALUES_PREFIX + "netreap:a=b;/192.0.2.1", b"499", 15),   # stale: another ID
+              KVEntry(VALUES_PREFIX + "netreap:c=d;/192.0.2.1", b"501", 16)]
+    before = plan_identity_gc(ids, values, [], NOW, min_age=0)
+    assert before.of("mark") == [] and before.counts["in_use"] == 2
+    after = plan_identity_gc(ids, values, [], NOW, min_age=0, match_id=True)
+    (marked,) = after.of("mark")
+    assert marked["item"]["id"] == 500 and "holds its ID" in marked["item"]["reason"]
+    marks = [KVEntry(ID_MARKS + "500", mark_value(NOW - 1000, 11, "unused", "x"), 40)]
+    (action,) = plan_identity_gc(ids, values, marks, NOW, min_age=0, match_id=True).of("delete")
+    # a value key (of another ID) stays under the prefix: no "nothing under the prefix" guard
+    assert action["change"].ops == [delete_if(ID_MARKS + "500", 40), delete_if(IDS_PREFIX + "500", 11)]
+
+
+# -- node purge never touches a node Nomad knows ----------------------------------------------------
+def test_purge_spares_the_addresses_of_nodes_nomad_still_knows():
+    kv = [node_entry("live", "192.0.2.10"), node_entry("gone", "198.51.100.1", revision=7)]
+    marks = [mark(MARKS + "gone", NOW - 600, 7, 30)]
+    purge = {"ipcache": [ipcache("10.1.0.5", "198.51.100.1", 21)],
+             "values": [KVEntry(VALUES_PREFIX + "a;/198.51.100.1", b"300", 24)]}
+    # "new" is known to Nomad with the departed node's address but has written no node key yet
+    nomad_nodes = [nomad("live"), dict(nomad("new"), Address="198.51.100.1")]
+    plan = plan_node_gc(kv, nomad_nodes, marks, NOW, min_age=0, max_delete_percent=100, purge=purge)
+    (deleted,) = plan.of("delete")
+    assert deleted["item"]["purged"] == [] and "198.51.100.1" in deleted["item"]["purge_note"]
+    plan = plan_node_gc(kv, [nomad("live")], marks, NOW, min_age=0, max_delete_percent=100, purge=purge)
+    assert plan.of("delete")[0]["item"]["purged"] == [IPCACHE_PREFIX + "10.1.0.5", VALUES_PREFIX + "a;/198.51.100.1"]
+
+
+# -- key options ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, value, problem", [
+    ("key", "netreap.io/policy", None), ("key", "a//b", "empty segment ('//')"),
+    ("key", "a/./b", "'.' segment"), ("key", "a/../b", "'..' segment"), ("key", "/a", "must not start with '/'"),
+    ("key", "a/", "must not end with '/'"), ("key", "", "must not be empty"), ("key", "..", "'..' segment"),
+    ("prefix", "netreap/gc/v1/", None), ("prefix", "netreap//gc", "empty segment"),
+    ("prefix", "netreap/gc//", "must not end with '/'"), ("prefix", "netreap/./gc", "'.' segment"),
+    ("name", "eu-west", None), ("name", "eu/west", "single name"), ("name", ".", "must not be '.'"),
+    ("name", "..", "must not be '..'"), ("name", "", "must not be empty"),
+])
+def test_key_option_problem(kind, value, problem):
+    found = key_option_problem("opt", value, kind)
+    if problem is None:
+        assert found is None
+    else:
+        assert found.startswith("opt ") and problem in found
+
+
+def test_key_option_problem_names_the_redirect_target():
+    assert key_option_problem("consul_key", "netreap.io//policy") == (
+        "consul_key 'netreap.io//policy' must not contain an empty segment ('//'): Consul answers such a key "
+        "with a redirect to 'netreap.io/policy' and writes nothing")
+
+
+# -- listings Consul may have shortened -------------------------------------------------------------
+class FakeResp:
+    def __init__(self, status, body):
+        self.status = status
+        self.body = body.encode()
+
+    def text(self):
+        return self.body.decode()
+
+
+class FakeHttp:
+    def __init__(self, version, token_status, token_body):
+        self.version = version
+        self.token = (token_status, token_body)
+        self.calls = []
+
+    def request_json(self, method, path, **unused):
+        self.calls.append(path)
+        if self.version is None:
+            raise kvs.ServiceError("consul", method, path, status=403, body="Permission denied")
+        return {"Config": {"Version": self.version}}, None
+
+    def request(self, method, path, **unused):
+        self.calls.append(path)
+        return FakeResp(*self.token)
+
+
+@pytest.mark.parametrize("version, token, trusted", [
+    ("1.16.0", (200, '{"Policies": []}'), True),                 # the header is sent: trusted
+    ("1.11.0", (200, '{"Policies": []}'), True),
+    ("1.8.7", (401, "ACL support disabled"), True),              # no ACLs: nothing is hidden
+    ("1.8.7", (200, '{"Policies": [{"ID": "00000000-0000-0000-0000-000000000001"}]}'), True),
+    ("1.8.7", (200, '{"Type": "management", "Legacy": true}'), True),
+    ("1.8.7", (200, '{"Policies": [{"ID": "x", "Name": "gc"}]}'), False),
+    (None, (200, '{"Policies": [{"ID": "x", "Name": "gc"}]}'), False),  # no agent:read
+    (None, (403, "Permission denied"), False),
+])
+def test_acl_filtering_visible_only_when_the_server_can_tell(version, token, trusted):
+    from ansible_collections.netreap.cilium.plugins.module_utils._consul import ConsulClient
+    client = ConsulClient("http://consul:8500", http=FakeHttp(version, *token))
+    ok, why = client.acl_filtering_visible()
+    assert ok is trusted
+    if not trusted:
+        assert "X-Consul-Results-Filtered-By-ACLs" in why and "agent:read" in why
+    backend = ConsulKV(client)
+    if trusted:
+        backend.check_listings_complete()
+    else:
+        with pytest.raises(kvs.KVStoreError, match="cannot trust the Consul listings"):
+            backend.check_listings_complete()
