@@ -440,9 +440,13 @@ def label_object(source, key, value):
 
 
 def label_triples(rule):
-    """``(source, key, value)`` of every label of a rule, whichever form the labels are in."""
+    """``(source, key, value)`` of every label of a rule, whichever form the labels are in.
+
+    Also reads Cilium 1.19's ``PolicyEntry`` objects, whose field is ``Labels`` (docs/upstream.md
+    "Cilium: policy")."""
     out = []
-    for label in rule.get("labels") or []:
+    labels = rule.get("labels") if "labels" in rule else rule.get("Labels")
+    for label in labels or []:
         if isinstance(label, str):
             out.append(parse_label(label))
         elif isinstance(label, dict):
@@ -1241,12 +1245,80 @@ def static_header_ref(content):
     return None
 
 
+# Labels the agent adds to peer selectors of a policy file that does not name them (see
+# docs/upstream.md "Cilium: policy", static files); Nomad endpoints carry neither.
+NAMESPACE_LABEL_KEY = "io.kubernetes.pod.namespace"
+CLUSTER_LABEL_KEY = "io.cilium.k8s.policy.cluster"
+_SCOPE_KEYS = (NAMESPACE_LABEL_KEY, CLUSTER_LABEL_KEY)
+_PEER_SELECTOR_FIELDS = (("ingress", "fromEndpoints"), ("ingress", "fromRequires"),
+                         ("ingressDeny", "fromEndpoints"), ("egress", "toEndpoints"),
+                         ("egress", "toRequires"), ("egressDeny", "toEndpoints"))
+
+
+def _selector_keys(selector):
+    """``(source, key)`` of every key a selector names, read as the agent reads them (a key
+    without a source means any source)."""
+    keys = list(selector.get("matchLabels") or {})
+    keys += [expr.get("key") for expr in selector.get("matchExpressions") or [] if isinstance(expr, dict)]
+    return [parse_label(key, "any")[:2] for key in keys if isinstance(key, str)]
+
+
+def _pin_unscoped(selector, skip_reserved):
+    keys = _selector_keys(selector)
+    if skip_reserved and any(source == "reserved" for source, unused in keys):
+        return selector  # the agent leaves selectors of reserved identities alone
+    missing = [key for key in _SCOPE_KEYS if not any(s in ("k8s", "any") and k == key for s, k in keys)]
+    if not missing:
+        return selector
+    selector = dict(selector)
+    selector["matchExpressions"] = list(selector.get("matchExpressions") or []) + [
+        {"key": "k8s:" + key, "operator": "DoesNotExist"} for key in missing]
+    return selector
+
+
+def static_spec(rule):
+    """The rule as written into a policy file: what the agent enforces after loading it is
+    what was published.
+
+    On load the agent adds ``k8s:io.kubernetes.pod.namespace Exists`` (and, with
+    ``--policy-default-local-cluster``, ``k8s:io.cilium.k8s.policy.cluster=<cluster>``) to every
+    ``fromEndpoints``/``toEndpoints``/``fromRequires``/``toRequires`` selector that does not
+    name that key.  Nomad endpoints carry neither label, so such a peer would select nothing.
+    Naming each key with ``DoesNotExist`` makes the agent leave the selector as it is, and
+    changes nothing for endpoints without K8s labels.  The subject and every other peer kind
+    are not rewritten by the agent and stay as published.
+    """
+    out = dict(rule)
+    for section, field in _PEER_SELECTOR_FIELDS:
+        items = out.get(section)
+        if not isinstance(items, list):
+            continue
+        new_items = []
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get(field), list):
+                item = dict(item)
+                item[field] = [_pin_unscoped(sel, field.endswith("Endpoints")) if isinstance(sel, dict) else sel
+                               for sel in item[field]]
+            new_items.append(item)
+        out[section] = new_items
+    return out
+
+
+def policy_entry_count(rule):
+    """How many entries Cilium 1.19's ``GET /v1/policy`` lists for one rule: one per item of
+    ``ingress``, ``ingressDeny``, ``egress`` and ``egressDeny`` (docs/upstream.md "Cilium:
+    policy", PolicyEntry); a rule without any lists none."""
+    return sum(len(rule.get(section) or []) for section in ("ingress", "ingressDeny", "egress", "egressDeny")
+               if isinstance(rule.get(section) or [], list))
+
+
 def render_policy_file(rule, file_name, ref):
     """One clusterwide policy object (one rule) as YAML: clusterwide, because a namespaced
-    CiliumNetworkPolicy gets a namespace selector that matches nothing outside K8s."""
+    CiliumNetworkPolicy gets a namespace selector that matches nothing outside K8s.  Its spec
+    is ``static_spec(rule)``; the header records the published rule's digest."""
     stem = file_name[:-len(STATIC_SUFFIX)]
     document = {"apiVersion": STATIC_API_VERSION, "kind": STATIC_KIND,
-                "metadata": {"name": stem}, "spec": rule}
+                "metadata": {"name": stem}, "spec": static_spec(rule)}
     header = [STATIC_MARKER,
               "# rule: %s  digest: %s" % (json.dumps(ref), rule_digest(rule)),
               "# Published with netreap.cilium.cilium_policy; the agent loads it from --static-cnp-path."]
