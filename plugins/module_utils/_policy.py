@@ -1330,8 +1330,10 @@ def plan_static(desired, existing, rest_owned_count=0):
 
     ``existing``: ``{file name: content or None}`` of the directory (``*.yaml`` and our temp
     files).  Returns ``{"changed", "write": {name: content}, "remove": [names], "conflicts",
-    "files", "diff", "cleanup"}``; the caller writes first, then removes, so the agent always
-    has every rule that is in both the old and the new policy.
+    "files", "diff", "cleanup", "unlisted_as_entries"}`` (the last: files whose rule has no
+    ingress/egress item, which an agent listing ``PolicyEntry`` objects never shows); the caller
+    writes first, then removes, so the agent always has every rule that is in both the old and
+    the new policy.
     """
     names = static_file_names(desired)
     refs = rule_refs(desired)
@@ -1350,8 +1352,11 @@ def plan_static(desired, existing, rest_owned_count=0):
     old_refs = [(static_header_ref(ours[n]) or n, content_digest(ours[n])) for n in sorted(ours)]
     new_refs = [(ref, content_digest(wanted[n])) for n, (ref, unused) in zip(names, refs)]
     diff = diff_refs(old_refs, new_refs)
+    # Cilium 1.19 lists a rule in GET /v1/policy only through its ingress/egress items.
+    unlisted = [n for rule, n in zip(desired, names) if policy_entry_count(rule) == 0]
     return {"changed": bool(write or remove or cleanup or rest_owned_count), "write": write,
             "remove": remove, "conflicts": conflicts, "files": names, "cleanup": cleanup,
+            "unlisted_as_entries": unlisted,
             "diff": diff, "before": {n: ours[n] for n in sorted(set(write) | set(remove)) if n in ours},
             "after": write}
 
