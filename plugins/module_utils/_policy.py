@@ -1304,14 +1304,6 @@ def static_spec(rule):
     return out
 
 
-def policy_entry_count(rule):
-    """How many entries Cilium 1.19's ``GET /v1/policy`` lists for one rule: one per item of
-    ``ingress``, ``ingressDeny``, ``egress`` and ``egressDeny`` (docs/upstream.md "Cilium:
-    policy", PolicyEntry); a rule without any lists none."""
-    return sum(len(rule.get(section) or []) for section in ("ingress", "ingressDeny", "egress", "egressDeny")
-               if isinstance(rule.get(section) or [], list))
-
-
 def render_policy_file(rule, file_name, ref):
     """One clusterwide policy object (one rule) as YAML: clusterwide, because a namespaced
     CiliumNetworkPolicy gets a namespace selector that matches nothing outside K8s.  Its spec
@@ -1330,10 +1322,8 @@ def plan_static(desired, existing, rest_owned_count=0):
 
     ``existing``: ``{file name: content or None}`` of the directory (``*.yaml`` and our temp
     files).  Returns ``{"changed", "write": {name: content}, "remove": [names], "conflicts",
-    "files", "diff", "cleanup", "unlisted_as_entries"}`` (the last: files whose rule has no
-    ingress/egress item, which an agent listing ``PolicyEntry`` objects never shows); the caller
-    writes first, then removes, so the agent always has every rule that is in both the old and
-    the new policy.
+    "files", "diff", "cleanup"}``; the caller writes first, then removes, so the agent always
+    has every rule that is in both the old and the new policy.
     """
     names = static_file_names(desired)
     refs = rule_refs(desired)
@@ -1352,11 +1342,8 @@ def plan_static(desired, existing, rest_owned_count=0):
     old_refs = [(static_header_ref(ours[n]) or n, content_digest(ours[n])) for n in sorted(ours)]
     new_refs = [(ref, content_digest(wanted[n])) for n, (ref, unused) in zip(names, refs)]
     diff = diff_refs(old_refs, new_refs)
-    # Cilium 1.19 lists a rule in GET /v1/policy only through its ingress/egress items.
-    unlisted = [n for rule, n in zip(desired, names) if policy_entry_count(rule) == 0]
     return {"changed": bool(write or remove or cleanup or rest_owned_count), "write": write,
             "remove": remove, "conflicts": conflicts, "files": names, "cleanup": cleanup,
-            "unlisted_as_entries": unlisted,
             "diff": diff, "before": {n: ours[n] for n in sorted(set(write) | set(remove)) if n in ours},
             "after": write}
 

@@ -45,9 +45,7 @@ def read_agent(client, static_dir):
             minor = pol.parse_version(caps["version"])
         except ValueError:
             minor = None
-    # Cilium 1.19 lists PolicyEntry objects (``Labels``), not rules (docs/upstream.md "Cilium: policy").
-    entries = (minor is not None and minor >= 19) or any(isinstance(r, dict) and "Labels" in r for r in rules)
-    return dict(caps=caps, rules=rules, revision=revision, minor=minor, policy_entries=entries,
+    return dict(caps=caps, rules=rules, revision=revision, minor=minor,
                 flags={k: v for k, v in flags.items() if isinstance(v, bool)})
 
 
@@ -177,7 +175,9 @@ def write_atomically(directory, name, content):
 
 
 def files_in_agent(rules):
-    """Names of the policy files the agent has rules (or, on 1.19, policy entries) from."""
+    """Names of the policy files the agent has rules from: their labels, or on Cilium 1.19 the
+    ``Labels`` of its ``PolicyEntry`` objects (one or more per rule; every rule 1.17+ accepts has
+    at least one ingress/egress item, so at least one entry): docs/upstream.md#get-policy-in-119-policyentry."""
     names = set()
     for rule in rules:
         value = pol.label_value(rule, pol.DIRECTORY_FILE_KEY, pol.DIRECTORY_SOURCE)
@@ -201,15 +201,6 @@ def wait_for_files(client, present, absent, timeout, sleep=time.sleep, clock=tim
         delay = min(delay * 2, 1.0)
 
 
-def files_to_confirm(agent, plan):
-    """The plan's files whose loading ``GET /v1/policy`` can show: on an agent that lists
-    ``PolicyEntry`` objects (1.19) a rule without ingress/egress items has no entry."""
-    if not agent.get("policy_entries"):
-        return list(plan["files"])
-    unlisted = set(plan.get("unlisted_as_entries") or ())
-    return [name for name in plan["files"] if name not in unlisted]
-
-
 def execute_static(client, agent, plan, static_dir, timeout):
     written, removed = [], []
     try:
@@ -229,7 +220,7 @@ def execute_static(client, agent, plan, static_dir, timeout):
     revision = agent["revision"]
     if timeout and timeout > 0:
         try:
-            revision, missing, stale = wait_for_files(client, files_to_confirm(agent, plan), removed, timeout)
+            revision, missing, stale = wait_for_files(client, plan["files"], removed, timeout)
         except ServiceError as exc:
             raise PolicyFailure(failure_message("read Cilium agent at %s" % client.socket_path, exc),
                                 files_written=written, files_removed=removed)

@@ -286,7 +286,6 @@ from ansible_collections.netreap.cilium.plugins.module_utils._policy_apply impor
     execute_rest,
     execute_static,
     files_in_agent,
-    files_to_confirm,
     read_agent,
     read_static_dir,
     rest_writable,
@@ -524,7 +523,7 @@ def warn_unloaded(module, agent, plan):
     """An unchanged static directory: say so if the agent runs none of our files' rules."""
     if module.params["static_load_timeout"] == 0:
         return
-    missing = sorted(set(files_to_confirm(agent, plan["static"])) - files_in_agent(agent["rules"]))
+    missing = sorted(set(plan["static"]["files"]) - files_in_agent(agent["rules"]))
     if missing:
         module.warn("the Cilium agent has no rules from %s: check its --static-cnp-path and its log (it keeps the "
                     "previous version of a file it rejects)" % ", ".join(missing))
