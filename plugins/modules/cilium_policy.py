@@ -82,6 +82,15 @@ options:
         into O(static_policy_dir) (temp file, then rename), then removes files we no longer need, and waits until
         the agent has loaded them. Unlike REST rules, which the agent keeps in memory only, these survive an agent
         restart. When switching methods, the rules left by the other method are removed once the new ones are in place.
+      - "On loading a file the agent adds C(k8s:io.kubernetes.pod.namespace Exists) and (with C(--policy-default-local-cluster),
+        the default from Cilium 1.19) C(k8s:io.cilium.k8s.policy.cluster=<cluster>) to every C(fromEndpoints),
+        C(toEndpoints), C(fromRequires) and C(toRequires) selector that does not name these keys. Nomad endpoints
+        carry neither label, so such selectors would select nothing. The module therefore writes each of these
+        selectors with C(DoesNotExist) for the keys it does not name; the agent leaves them alone and they select
+        exactly the endpoints of the published rule. The Consul key and REST rules stay as published.
+        See C(docs/policy.md)."
+      - The agent's C(GET /v1/policy) shows which files it has loaded; on Cilium 1.19 it lists policy entries
+        (several per rule) instead of rules, and both forms are read.
     type: str
     choices: [auto, replace-with-labels, add-then-delete, static-dir]
     default: auto
