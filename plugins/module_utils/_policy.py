@@ -84,17 +84,33 @@ class PolicyValidationError(ValueError):
         return text
 
 
-def format_version(minor):
-    return "1.%d" % minor
+def format_version(minor, patch=None):
+    return "1.%d" % minor if patch is None else "1.%d.%d" % (minor, patch)
+
+
+def parse_release(text):
+    """``1.16`` or ``1.16.17`` (optionally ``v``-prefixed, optionally with a pre-release or
+    build suffix such as ``-rc.1`` or ``-dev``) -> (16, 17) or (16, None); ValueError otherwise.
+
+    ``None`` as the patch means "the latest behaviour of that minor"."""
+    match = re.match(r"^v?1\.(\d+)(?:\.(\d+))?(?:[-+][0-9A-Za-z.+-]*)?$", str(text).strip())
+    if not match or int(match.group(1)) not in SUPPORTED_MINORS:
+        raise ValueError("unsupported Cilium version %r (supported: %s; a patch version such as 1.16.17 "
+                         "is also accepted)" % (text, ", ".join(format_version(m) for m in SUPPORTED_MINORS)))
+    return int(match.group(1)), (int(match.group(2)) if match.group(2) is not None else None)
 
 
 def parse_version(text):
     """``1.16`` or ``1.16.5`` (optionally ``v``-prefixed) -> minor 16; ValueError otherwise."""
-    match = re.match(r"^v?1\.(\d+)(\.\d+)?$", str(text).strip())
-    if not match or int(match.group(1)) not in SUPPORTED_MINORS:
-        raise ValueError("unsupported Cilium version %r (supported: %s)" % (
-            text, ", ".join(format_version(m) for m in SUPPORTED_MINORS)))
-    return int(match.group(1))
+    return parse_release(text)[0]
+
+
+def at_least(minor, patch, want_minor, want_patch):
+    """Whether release ``1.minor.patch`` (patch None: the latest of that minor) is at least
+    ``1.want_minor.want_patch``."""
+    if minor != want_minor:
+        return minor > want_minor
+    return patch is None or patch >= want_patch
 
 
 # ============================================================================================
@@ -161,6 +177,21 @@ _SINCE = {
     ("IngressRule", "authentication"): 14, ("EgressRule", "authentication"): 14,
     ("CIDRRule", "cidrGroupRef"): 14, ("CIDRRule", "cidrGroupSelector"): 17,
 }
+
+# ICMP type names the agent knows, per family (``pkg/policy/api/icmp.go``, 1.16 to 1.19).
+_ICMPV4_TYPES = frozenset((
+    "EchoReply", "DestinationUnreachable", "Redirect", "Echo", "EchoRequest", "RouterAdvertisement",
+    "RouterSelection", "TimeExceeded", "ParameterProblem", "Timestamp", "TimestampReply", "Photuris",
+    "ExtendedEchoRequest", "ExtendedEchoReply"))
+_ICMPV6_TYPES = frozenset((
+    "DestinationUnreachable", "PacketTooBig", "TimeExceeded", "ParameterProblem", "EchoRequest", "EchoReply",
+    "MulticastListenerQuery", "MulticastListenerReport", "MulticastListenerDone", "RouterSolicitation",
+    "RouterAdvertisement", "NeighborSolicitation", "NeighborAdvertisement", "RedirectMessage",
+    "RouterRenumbering", "ICMPNodeInformationQuery", "ICMPNodeInformationResponse",
+    "InverseNeighborDiscoverySolicitation", "InverseNeighborDiscoveryAdvertisement",
+    "HomeAgentAddressDiscoveryRequest", "HomeAgentAddressDiscoveryReply", "MobilePrefixSolicitation",
+    "MobilePrefixAdvertisement", "DuplicateAddressRequestCodeSuffix", "DuplicateAddressConfirmationCodeSuffix",
+    "ExtendedEchoRequest", "ExtendedEchoReply"))
 
 _KIND_OF_JSON = ((bool, "bool"), (int, "number"), (float, "number"), (str, "string"),
                  (list, "array"), (dict, "object"))
@@ -239,11 +270,24 @@ class _Decoder:
             decoded = self.value(ftype, value)
             self.path.pop()
             out[canonical] = decoded
+        if name == "ICMPField":
+            self.icmp_field(out)
         if name == "Rule":
             out["labels"] = [lbl for lbl in out.get("labels", []) if lbl["key"] not in OUR_LABEL_KEYS]
             if not out["labels"]:
                 del out["labels"]
         return {key: out[key] for key, unused in fields if key in out}
+
+    def icmp_field(self, field):
+        """The agent's ``ICMPField`` decoding: a type is required (the agent crashes without one)
+        and a type name must exist for the family (docs/upstream.md, "Cilium: policy")."""
+        if field.get("type") is None:
+            self.fail("an ICMP field needs a type (the agent crashes on a field without one)")
+        kind = field["type"]
+        if isinstance(kind, str) and kind != "0" and not re.fullmatch(r"[+-]?[0-9]+", kind):
+            names = _ICMPV6_TYPES if field.get("family") == "IPv6" else _ICMPV4_TYPES
+            if kind not in names:
+                self.fail("ICMP type %s not found in %s" % (kind, field.get("family", "")), "type")
 
     def value(self, ftype, value):
         if isinstance(ftype, list):
@@ -298,13 +342,15 @@ class _Decoder:
             self.type_error(value, "an object")
         return value
 
-    def scalar_strmap(self, value):
+    def scalar_strmap(self, value, numbers=False):
+        """An object of strings; with ``numbers`` (matchLabels) a YAML number becomes its string,
+        which is what the collection then writes (the agent refuses a number there)."""
         if not isinstance(value, dict):
             self.type_error(value, "an object of strings")
         out = {}
         for key in sorted(value, key=str):  # YAML may give non-string keys (``1: x``)
             item = value[key]
-            if isinstance(item, int) and not isinstance(item, bool):
+            if numbers and isinstance(item, int) and not isinstance(item, bool):
                 item = str(item)
             if not isinstance(item, str):
                 self.type_error(item, "a string", str(key))
@@ -324,7 +370,7 @@ class _Decoder:
                 continue
             if lower == "matchlabels":
                 self.path.append("matchLabels")
-                out["matchLabels"] = self.scalar_strmap(item)
+                out["matchLabels"] = self.scalar_strmap(item, numbers=True)
                 self.path.pop()
             else:
                 self.path.append("matchExpressions")
@@ -656,8 +702,9 @@ def _label_value_errors(value):
     return errors
 
 
-def _extended_key(key):
-    """``labels.GetExtendedKeyFrom``: ``source:key`` -> ``source.key``; no source -> ``any.key``."""
+def _extended_key(key, default_source="any"):
+    """``labels.GetExtendedKeyFrom``: ``source:key`` -> ``source.key``; no source -> ``any.key``
+    (``cidrgroup.key`` in a cidrGroupSelector)."""
     source, rest = "", key
     if key.startswith("$"):
         source, rest = "reserved", key[1:]
@@ -665,15 +712,15 @@ def _extended_key(key):
         source, rest = key.split(":", 1)
     elif key.startswith("reserved."):
         source, rest = "reserved", key[len("reserved."):]
-    return "%s.%s" % (source or "any", rest.split("=", 1)[0])
+    return "%s.%s" % (source or default_source, rest.split("=", 1)[0])
 
 
-def selector_error(selector):
+def selector_error(selector, default_source="any"):
     """``metav1validation.ValidateLabelSelector`` on the extended keys, or None."""
     errors = []
     labels = selector.get("matchLabels") or {}
     for key in sorted(labels):  # Go iterates the map in random order; we sort
-        extended = _extended_key(key)
+        extended = _extended_key(key, default_source)
         errors += ["matchLabels: Invalid value: %s: %s" % (_go_q(extended), m)
                    for m in _qualified_name_errors(extended)]
         errors += ["matchLabels: Invalid value: %s: %s" % (_go_q(labels[key]), m)
@@ -691,7 +738,7 @@ def selector_error(selector):
                               "'DoesNotExist'" % at)
         else:
             errors.append("%s.operator: Invalid value: %s: not a valid selector operator" % (at, _go_q(operator)))
-        extended = _extended_key(req.get("key", ""))
+        extended = _extended_key(req.get("key", ""), default_source)
         errors += ["%s.key: Invalid value: %s: %s" % (at, _go_q(extended), m)
                    for m in _qualified_name_errors(extended)]
         for vindex, value in enumerate(values):
@@ -714,15 +761,76 @@ def _parse_addr_error(text):
         if char == ".":
             break
         if char == ":":
-            try:
-                ipaddress.IPv6Address(text.split("%", 1)[0])
-                return None
-            except ValueError:
-                return err("unable to parse IP")  # Go has finer IPv6 messages; this is the gist
+            return _parse_ipv6_error(text, err)
         if char == "%":
             return err("missing IPv6 address")
     else:
         return err("unable to parse IP")
+    return _parse_ipv4_error(text, 0, len(text), err)
+
+
+def _parse_ipv6_error(text, err):
+    """Go's ``netip`` IPv6 parser, for its error texts (None when ``text`` parses)."""
+    rest, zone = text, None
+    if "%" in text:
+        rest, zone = text.split("%", 1)
+        if zone == "":
+            return err("zone must be a non-empty string")
+    groups, ellipsis = 0, -1  # in bytes, as Go counts
+    if rest.startswith("::"):
+        ellipsis, rest = 0, rest[2:]
+        if rest == "":
+            return None
+    hexdigits = "0123456789abcdefABCDEF"
+    while groups < 16:
+        off, acc = 0, 0
+        while off < len(rest) and rest[off] in hexdigits:
+            acc = acc * 16 + int(rest[off], 16)
+            if off > 3:
+                return err("each group must have 4 or less digits", rest)
+            if acc > 0xFFFF:
+                return err("IPv6 field has value >=2^16", rest)
+            off += 1
+        if off == 0:
+            return err("each colon-separated field must have at least one digit", rest)
+        if off < len(rest) and rest[off] == ".":
+            if ellipsis < 0 and groups != 12:
+                return err("embedded IPv4 address must replace the final 2 fields of the address", rest)
+            if groups + 4 > 16:
+                return err("too many hex fields to fit an embedded IPv4 at the end of the address", rest)
+            end = len(text) - (len(zone) + 1 if zone else 0)
+            error = _parse_ipv4_error(text, end - len(rest), end, err)
+            if error:
+                return error
+            rest, groups = "", groups + 4
+            break
+        groups += 2
+        rest = rest[off:]
+        if rest == "":
+            break
+        if rest[0] != ":":
+            return err("unexpected character, want colon", rest)
+        if len(rest) == 1:
+            return err("colon must be followed by more characters", rest)
+        rest = rest[1:]
+        if rest[0] == ":":
+            if ellipsis >= 0:
+                return err("multiple :: in address", rest)
+            ellipsis, rest = groups, rest[1:]
+            if rest == "":
+                break
+    if rest != "":
+        return err("trailing garbage after address", rest)
+    if groups < 16 and ellipsis < 0:
+        return err("address string too short")
+    if groups >= 16 and ellipsis >= 0:
+        return err("the :: must expand to at least one field of zeros")
+    return None
+
+
+def _parse_ipv4_error(whole, start, end, err):
+    """Go's ``netip`` IPv4 field parser over ``whole[start:end]``, for its error texts."""
+    text = whole[start:end]
     fields, value, digits = 0, 0, 0
     for index, char in enumerate(text):
         if "0" <= char <= "9":
@@ -818,6 +926,42 @@ def _regexp_error(expr):
     return None
 
 
+# Kafka rules (cilium/proxy ``pkg/policy/api/kafka``, the same in 1.16 to 1.19): API keys by
+# name, the two roles, topic length and characters.
+_KAFKA_API_KEYS = frozenset((
+    "produce", "fetch", "offsets", "metadata", "leaderandisr", "stopreplica", "updatemetadata",
+    "controlledshutdown", "offsetcommit", "offsetfetch", "findcoordinator", "joingroup", "heartbeat",
+    "leavegroup", "syncgroup", "describegroups", "listgroups", "saslhandshake", "apiversions",
+    "createtopics", "deletetopics", "deleterecords", "initproducerid", "offsetforleaderepoch",
+    "addpartitionstotxn", "addoffsetstotxn", "endtxn", "writetxnmarkers", "txnoffsetcommit",
+    "describeacls", "createacls", "deleteacls", "describeconfigs", "alterconfigs"))
+_KAFKA_TOPIC_RE = re.compile(r"[a-zA-Z0-9\\._\-]+")
+_KAFKA_MAX_TOPIC_LEN = 255
+
+
+def _kafka_error(rule):
+    """The agent's Kafka ``PortRule.Sanitize`` message for ``rule`` (a JSON object), or None."""
+    def text(key):
+        value = rule.get(key, "")
+        return value if isinstance(value, str) else ""
+
+    role, api_key, api_version, topic = text("role"), text("apiKey"), text("apiVersion"), text("topic")
+    if api_key and role:
+        return "cannot set both Role %s and APIKey %s together" % (_go_q(role), _go_q(api_key))
+    if api_key and api_key.lower() not in _KAFKA_API_KEYS:
+        return "invalid Kafka APIKey %s" % _go_q(api_key)
+    if role and role.lower() not in ("produce", "consume"):
+        return "invalid Kafka Role %s" % _go_q(role)
+    if api_version and not (re.fullmatch(r"[+-]?[0-9]+", api_version) and 0 <= int(api_version) <= 32767):
+        return "invalid Kafka APIVersion %s" % _go_q(api_version)
+    if topic:
+        if len(topic) > _KAFKA_MAX_TOPIC_LEN:
+            return "kafka topic exceeds maximum len of %d" % _KAFKA_MAX_TOPIC_LEN
+        if not _KAFKA_TOPIC_RE.fullmatch(topic):
+            return "invalid Kafka Topic name %s" % _go_q(topic)
+    return None
+
+
 class _Reject(Exception):
     def __init__(self, message, field):
         super().__init__(message)
@@ -832,12 +976,15 @@ class _RuleChecker:
     unknown (publishing without an agent): checks that depend on them are skipped then.
     """
 
-    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None):
+    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None, patch=None):
         self.minor = minor
+        self.patch = patch
         self.l7_proxy = l7_proxy
         self.node_selector_labels = node_selector_labels
         self.icmp_rules = icmp_rules
-        self.lower = minor >= 19  # 1.19 lower-cased a few messages
+        # The agent lower-cased most validation messages in 1.16.7 and 1.17.0 (docs/upstream.md,
+        # "Cilium: policy"); a minor given without patch means its latest behaviour.
+        self.lower = at_least(minor, patch, 16, 7)
         self.entities = set(_ENTITIES)
         if minor >= 15:
             self.entities.update(_ENTITIES_SINCE_15)
@@ -900,7 +1047,7 @@ class _RuleChecker:
             raise _Reject("%s %s and %s is not supported yet" % (
                 self.case("Combining"), _GO_NAMES.get(present[0], present[0][0].upper() + present[0][1:]),
                 _GO_NAMES.get(present[1], present[1][0].upper() + present[1][1:])), at)
-        if not ingress and item.get("toServices") and item.get("toPorts"):
+        if not ingress and self.minor < 17 and item.get("toServices") and item.get("toPorts"):
             raise _Reject(self.case("Combining") + " ToServices and ToPorts is not supported yet", at)
         port_rules = item.get("toPorts") or []
         l7 = {} if deny else _l7_counts(port_rules)
@@ -912,7 +1059,9 @@ class _RuleChecker:
                               at + ".icmps")
             if port_rules:
                 raise _Reject("The ICMPs block may only be present without ToPorts. Define a separate "
-                              "rule to use ToPorts.", at)
+                              "rule to use ToPorts." if not self.lower else
+                              "the ICMPs block may only be present without ToPorts. Define a separate "
+                              "rule to use ToPorts", at)
         prefix = "from" if ingress else "to"
         for key in (prefix + "Endpoints", prefix + "Requires", prefix + "Nodes"):
             for index, selector in enumerate(item.get(key) or []):
@@ -945,7 +1094,7 @@ class _RuleChecker:
 
     def l7_placement(self, l7, at, ingress, host):
         if host:
-            if self.lower:
+            if self.minor >= 17:
                 if ingress:
                     raise _Reject("L7 policy is not supported on host ingress yet", at)
                 for member in ("HTTP", "Kafka"):
@@ -969,9 +1118,9 @@ class _RuleChecker:
             raise _Reject("ServerNames are not allowed with L7 rules without TLS termination", at + ".serverNames")
         for index, server_name in enumerate(port_rule.get("serverNames") or []):
             if server_name == "":
-                raise _Reject("Empty server name is not allowed", "%s.serverNames[%d]" % (at, index))
+                raise _Reject(self.case("Empty server name is not allowed"), "%s.serverNames[%d]" % (at, index))
         ports = port_rule.get("ports") or []
-        have_zero = self.ports(ports, at, has_dns)
+        have_zero = self.ports(ports, at, has_dns, has_l7=not l7_empty)
         if not l7_empty and not has_dns:
             for index, port in enumerate(ports):
                 protocol = (port.get("protocol") or "ANY").upper()
@@ -990,7 +1139,7 @@ class _RuleChecker:
                 raise _Reject("L7 rules can not be used when a port is 0", at + ".ports")
             self.l7_rules(rules, ports, at + ".rules")
 
-    def ports(self, ports, at, has_dns):
+    def ports(self, ports, at, has_dns, has_l7=False):
         """Checks every PortProtocol; returns whether one of them is port 0."""
         if len(ports) > MAX_PORTS:
             raise _Reject("too many ports, the max is %d" % MAX_PORTS, at + ".ports")
@@ -999,13 +1148,18 @@ class _RuleChecker:
             where = "%s.ports[%d]" % (at, index)
             text = port.get("port", "")
             if text == "":
-                raise _Reject(self.case("Port must be specified"), where + ".port")
+                raise _Reject("port must be specified" if self.minor >= 19 else "Port must be specified",
+                              where + ".port")
             if not _is_iana_service_name(text):
                 value, error = _parse_port_number(text)
                 if error:
                     raise _Reject(self.case("Unable to parse port: ") + error, where + ".port")
                 have_zero = have_zero or value == 0
-                if has_dns and port.get("endPort", 0) > value:
+                if self.minor == 16 and at_least(self.minor, self.patch, 16, 5):
+                    # The 1.16 branch refuses port ranges with any L7 rule from 1.16.5.
+                    if has_l7 and port.get("endPort", 0) > value:
+                        raise _Reject("L7 rules do not support port ranges", where + ".endPort")
+                elif has_dns and port.get("endPort", 0) > value:
                     raise _Reject("DNS rules do not support port ranges", where + ".endPort")
             protocol = port.get("protocol", "")
             if protocol and protocol.upper() not in _PROTOCOLS:
@@ -1035,6 +1189,10 @@ class _RuleChecker:
                         raise _Reject("Secret name missing", mwhere + ".secret")
         if "kafka" in rules:
             kinds += 1
+            for index, kafka in enumerate(rules["kafka"]):
+                error = _kafka_error(kafka)
+                if error:
+                    raise _Reject(error, "%s.kafka[%d]" % (at, index))
         if "dns" in rules:
             if not ports:
                 raise _Reject(self.case("Port 53 must be specified for DNS rules"), at + ".dns")
@@ -1071,7 +1229,21 @@ class _RuleChecker:
 
     def cidr_rule(self, rule, at):
         self.since("CIDRRule", rule, at)
+        if self.minor >= 17:
+            # Exactly one of cidr, cidrGroupRef, cidrGroupSelector (1.17+, docs/upstream.md).
+            count = sum(1 for key in ("cidr", "cidrGroupRef") if rule.get(key)) + ("cidrGroupSelector" in rule)
+            if "cidrGroupSelector" in rule:
+                message = selector_error(rule["cidrGroupSelector"], default_source="cidrgroup")
+                if message:
+                    raise _Reject("failed to parse cidrGroupSelector %s: invalid label selector: %s" % (
+                        self.go_selector_string(rule["cidrGroupSelector"]), message), at + ".cidrGroupSelector")
+            if count == 0:
+                raise _Reject("one of cidr, cidrGroupRef, or cidrGroupSelector is required", at)
+            if count > 1:
+                raise _Reject("more than one of cidr, cidrGroupRef, or cidrGroupSelector may not be set", at)
         if rule.get("cidrGroupRef") or "cidrGroupSelector" in rule:
+            if self.minor <= 16 and rule.get("except"):
+                raise _Reject("except with cidrGroupRef crashes Cilium 1.16", at + ".except")
             return  # resolved from CiliumCIDRGroups (K8s); nothing to parse
         text = rule.get("cidr", "")
         network, error = _parse_prefix(text)
@@ -1081,16 +1253,33 @@ class _RuleChecker:
             except_net, error = _parse_prefix(excluded)
             if error:
                 raise _Reject(error, "%s.except[%d]" % (at, index))
-            if except_net.version != network.version or except_net.network_address not in network:
+            # The agent checks that the allow prefix contains the exception's address as written.
+            except_addr = ipaddress.ip_address(excluded[:excluded.rfind("/")])
+            if self.minor <= 16 and except_net.prefixlen < network.prefixlen and except_addr in network:
+                # 1.16 crashes computing the remaining prefixes (docs/upstream.md, "Cilium: policy").
+                raise _Reject("an except prefix wider than its cidr crashes Cilium 1.16", "%s.except[%d]" % (at, index))
+            if except_addr.version != network.version or except_addr not in network:
                 raise _Reject("allow CIDR prefix %s does not contain exclude CIDR prefix %s" % (text, excluded),
                               "%s.except[%d]" % (at, index))
 
+    def go_selector_string(self, selector):
+        """Go's ``%v`` of a ``LabelSelector`` (the generated ``String()``), as the agent prints it."""
+        labels = selector.get("matchLabels") or {}
+        text = "&LabelSelector{MatchLabels:map[string]string{"
+        text += "".join("%s: %s," % (key, labels[key]) for key in sorted(labels))
+        text += "},MatchExpressions:[]LabelSelectorRequirement{"
+        for req in selector.get("matchExpressions") or []:
+            text += "LabelSelectorRequirement{Key:%s,Operator:%s,Values:[%s],}," % (
+                req.get("key", ""), req.get("operator", ""), " ".join(req.get("values") or []))
+        return text + "},}"
+
 
 def _l7_empty(rules):
-    """``L7Rules.IsEmpty``: nothing set (an explicit ``"http": []`` is *not* empty)."""
+    """``L7Rules.IsEmpty``: no HTTP, Kafka, DNS or generic L7 rule (empty lists and a lone
+    ``l7proto`` count as nothing; docs/upstream.md, "Cilium: policy")."""
     if rules is None:
         return True
-    return not any(k in rules for k in ("http", "kafka", "dns", "l7")) and not rules.get("l7proto")
+    return not any(rules.get(k) for k in ("http", "kafka", "dns", "l7"))
 
 
 def _l7_counts(port_rules):
@@ -1108,21 +1297,22 @@ def _l7_counts(port_rules):
 class ValidationTarget:
     """One agent configuration to validate for: a Cilium minor and the flags, where known."""
 
-    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None):
+    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None, patch=None):
         self.minor = minor
+        self.patch = patch
         self.l7_proxy = l7_proxy
         self.node_selector_labels = node_selector_labels
         self.icmp_rules = icmp_rules
 
     def key(self):
-        return (self.minor, self.l7_proxy, self.node_selector_labels, self.icmp_rules)
+        return (self.minor, self.patch, self.l7_proxy, self.node_selector_labels, self.icmp_rules)
 
 
 def validate_rules(rules, targets):
     """Check normalised ``rules`` for every target; raise PolicyValidationError on the first
     rule that fails, naming it, the field, the agent's message and the versions it fails on."""
-    checkers = [(t.minor, _RuleChecker(t.minor, t.l7_proxy, t.node_selector_labels, t.icmp_rules))
-                for t in sorted(targets, key=lambda t: t.minor)]
+    checkers = [(t.minor, _RuleChecker(t.minor, t.l7_proxy, t.node_selector_labels, t.icmp_rules, t.patch))
+                for t in sorted(targets, key=lambda t: (t.minor, 10 ** 6 if t.patch is None else t.patch))]
     for index, rule in enumerate(rules):
         first, failing = None, []
         for minor, checker in checkers:
