@@ -193,6 +193,14 @@ _ICMPV6_TYPES = frozenset((
     "MobilePrefixAdvertisement", "DuplicateAddressRequestCodeSuffix", "DuplicateAddressConfirmationCodeSuffix",
     "ExtendedEchoRequest", "ExtendedEchoReply"))
 
+# Last Cilium minor whose agent knows a field: 1.19 turned fromRequires/toRequires into a list
+# that must stay empty; a selector there fails the decode of a static file, and the agent exits
+# (docs/upstream.md, "Cilium: policy").
+_UNTIL = {
+    ("IngressRule", "fromRequires"): 18, ("IngressDenyRule", "fromRequires"): 18,
+    ("EgressRule", "toRequires"): 18, ("EgressDenyRule", "toRequires"): 18,
+}
+
 _KIND_OF_JSON = ((bool, "bool"), (int, "number"), (float, "number"), (str, "string"),
                  (list, "array"), (dict, "object"))
 
@@ -621,6 +629,7 @@ _ENTITIES = ("all", "world", "cluster", "host", "init", "ingress", "unmanaged", 
              "health", "none", "kube-apiserver")
 _ENTITIES_SINCE_15 = ("world-ipv4", "world-ipv6")
 _PROTOCOLS = ("TCP", "UDP", "SCTP", "ANY")  # SCTP is accepted by every supported version
+_PROTOCOLS_SINCE_19 = ("TCP", "UDP", "SCTP", "VRRP", "IGMP", "ANY")
 
 _INGRESS_PEERS = ("fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities", "fromNodes", "fromGroups")
 _EGRESS_PEERS = ("toCIDR", "toCIDRSet", "toEndpoints", "toEntities", "toServices", "toFQDNs",
@@ -663,19 +672,26 @@ def _regex_error(msg, fmt, *examples):
     return text + "regex used for validation is '" + fmt + "')"
 
 
-def dns1123_subdomain_errors(value):
+def _max_len(length, unit):
+    return "must be no more than %d %s" % (length, unit)
+
+
+def dns1123_subdomain_errors(value, unit="characters"):
     errors = []
     if len(value) > 253:
-        errors.append("must be no more than 253 characters")
+        errors.append(_max_len(253, unit))
     if not re.fullmatch(_DNS_SUBDOMAIN_FMT, value):
         errors.append(_regex_error(_DNS_SUBDOMAIN_ERR, _DNS_SUBDOMAIN_FMT, "example.com"))
     return errors
 
 
-def _qualified_name_errors(value):
+def _qualified_name_errors(value, newer=False):
+    """apimachinery's ``IsQualifiedName``; ``newer``: the wording of the apimachinery Cilium 1.19
+    vendors ("a valid label key", lengths in bytes; docs/upstream.md, "Cilium: policy")."""
+    unit = "bytes" if newer else "characters"
     parts = value.split("/")
     if len(parts) > 2:
-        return ["a qualified name " + _regex_error(_QNAME_ERR, _QNAME_FMT, "MyName", "my.name", "123-abc")
+        return [("a valid label key " if newer else "a qualified name ") + _regex_error(_QNAME_ERR, _QNAME_FMT, "MyName", "my.name", "123-abc")
                 + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
     errors = []
     name = parts[-1]
@@ -683,20 +699,20 @@ def _qualified_name_errors(value):
         if not parts[0]:
             errors.append("prefix part must be non-empty")
         else:
-            errors.extend("prefix part " + m for m in dns1123_subdomain_errors(parts[0]))
+            errors.extend("prefix part " + m for m in dns1123_subdomain_errors(parts[0], unit))
     if not name:
         errors.append("name part must be non-empty")
     elif len(name) > 63:
-        errors.append("name part must be no more than 63 characters")
+        errors.append("name part " + _max_len(63, unit))
     if not re.fullmatch(_QNAME_FMT, name):
         errors.append("name part " + _regex_error(_QNAME_ERR, _QNAME_FMT, "MyName", "my.name", "123-abc"))
     return errors
 
 
-def _label_value_errors(value):
+def _label_value_errors(value, newer=False):
     errors = []
     if len(value) > 63:
-        errors.append("must be no more than 63 characters")
+        errors.append(_max_len(63, "bytes" if newer else "characters"))
     if not re.fullmatch(_LVALUE_FMT, value):
         errors.append(_regex_error(_LVALUE_ERR, _LVALUE_FMT, "MyValue", "my_value", "12345"))
     return errors
@@ -715,16 +731,16 @@ def _extended_key(key, default_source="any"):
     return "%s.%s" % (source or default_source, rest.split("=", 1)[0])
 
 
-def selector_error(selector, default_source="any"):
+def selector_error(selector, default_source="any", newer=False):
     """``metav1validation.ValidateLabelSelector`` on the extended keys, or None."""
     errors = []
     labels = selector.get("matchLabels") or {}
     for key in sorted(labels):  # Go iterates the map in random order; we sort
         extended = _extended_key(key, default_source)
         errors += ["matchLabels: Invalid value: %s: %s" % (_go_q(extended), m)
-                   for m in _qualified_name_errors(extended)]
+                   for m in _qualified_name_errors(extended, newer)]
         errors += ["matchLabels: Invalid value: %s: %s" % (_go_q(labels[key]), m)
-                   for m in _label_value_errors(labels[key])]
+                   for m in _label_value_errors(labels[key], newer)]
     for index, req in enumerate(selector.get("matchExpressions") or []):
         at = "matchExpressions[%d]" % index
         operator, values = req.get("operator", ""), req.get("values") or []
@@ -740,10 +756,10 @@ def selector_error(selector, default_source="any"):
             errors.append("%s.operator: Invalid value: %s: not a valid selector operator" % (at, _go_q(operator)))
         extended = _extended_key(req.get("key", ""), default_source)
         errors += ["%s.key: Invalid value: %s: %s" % (at, _go_q(extended), m)
-                   for m in _qualified_name_errors(extended)]
+                   for m in _qualified_name_errors(extended, newer)]
         for vindex, value in enumerate(values):
             errors += ["%s.values[%d]: Invalid value: %s: %s" % (at, vindex, _go_q(value), m)
-                       for m in _label_value_errors(value)]
+                       for m in _label_value_errors(value, newer)]
     if not errors:
         return None
     return errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
@@ -985,6 +1001,7 @@ class _RuleChecker:
         # The agent lower-cased most validation messages in 1.16.7 and 1.17.0 (docs/upstream.md,
         # "Cilium: policy"); a minor given without patch means its latest behaviour.
         self.lower = at_least(minor, patch, 16, 7)
+        self.protocols = _PROTOCOLS_SINCE_19 if minor >= 19 else _PROTOCOLS
         self.entities = set(_ENTITIES)
         if minor >= 15:
             self.entities.update(_ENTITIES_SINCE_15)
@@ -998,6 +1015,10 @@ class _RuleChecker:
             if first is not None and self.minor < first:
                 raise _Reject("%s is not supported before Cilium 1.%d (this agent would silently ignore "
                               "it)" % (key, first), "%s.%s" % (at, key) if at else key)
+            last = _UNTIL.get((struct, key))
+            if last is not None and self.minor > last:
+                raise _Reject("%s was removed in Cilium 1.%d: the agent refuses it, and a policy file with it "
+                              "stops the agent" % (key, last + 1), "%s.%s" % (at, key) if at else key)
 
     # -- rule ---------------------------------------------------------------------------------
     def rule(self, rule):
@@ -1027,7 +1048,7 @@ class _RuleChecker:
             self.peer_item(item, at, "EgressDenyRule", _EGRESS_PEERS, ingress=False, deny=True, host=host)
 
     def selector(self, selector, at):
-        message = selector_error(selector)
+        message = selector_error(selector, newer=self.minor >= 19)
         if message:
             raise _Reject("invalid label selector: " + message, at)
 
@@ -1151,6 +1172,8 @@ class _RuleChecker:
                 raise _Reject("port must be specified" if self.minor >= 19 else "Port must be specified",
                               where + ".port")
             if not _is_iana_service_name(text):
+                if self.minor >= 19 and text != "0" and port.get("protocol") in ("VRRP", "IGMP"):
+                    raise _Reject("port must be empty or 0", where + ".port")
                 value, error = _parse_port_number(text)
                 if error:
                     raise _Reject(self.case("Unable to parse port: ") + error, where + ".port")
@@ -1162,9 +1185,10 @@ class _RuleChecker:
                 elif has_dns and port.get("endPort", 0) > value:
                     raise _Reject("DNS rules do not support port ranges", where + ".endPort")
             protocol = port.get("protocol", "")
-            if protocol and protocol.upper() not in _PROTOCOLS:
-                raise _Reject("invalid protocol %s, must be { tcp | udp | sctp | any }" % _go_q(protocol.upper()),
-                              where + ".protocol")
+            if protocol and protocol.upper() not in self.protocols:
+                raise _Reject("invalid protocol %s, must be { %s }" % (
+                    _go_q(protocol.upper()), " | ".join(p.lower() for p in self.protocols[:-1] + ("ANY",))),
+                    where + ".protocol")
         return have_zero
 
     def l7_rules(self, rules, ports, at):
@@ -1210,12 +1234,15 @@ class _RuleChecker:
         name, pattern = fqdn.get("matchName", ""), fqdn.get("matchPattern", "")
         if selector and name and pattern:
             raise _Reject("only one of MatchName or MatchPattern is allowed in an FQDNSelector", at)
+        # 1.19 names the underscore it has always allowed (docs/upstream.md, "Cilium: policy").
         if name and not _FQDN_NAME_RE.fullmatch(name):
-            raise _Reject('Invalid characters in MatchName: "%s". Only 0-9, a-z, A-Z and . and - characters '
-                          'are allowed' % name, at + ".matchName")
+            raise _Reject('Invalid characters in MatchName: "%s". Only 0-9, a-z, A-Z and %s characters '
+                          'are allowed' % (name, "., -, _" if selector and self.minor >= 19 else ". and -"),
+                          at + ".matchName")
         if pattern and not _FQDN_PATTERN_RE.fullmatch(pattern):
-            raise _Reject('Invalid characters in MatchPattern: "%s". Only 0-9, a-z, A-Z and ., - and * '
-                          'characters are allowed' % pattern, at + ".matchPattern")
+            raise _Reject('Invalid characters in MatchPattern: "%s". Only 0-9, a-z, A-Z and %s and * '
+                          'characters are allowed' % (pattern, "., -, _" if self.minor >= 19 else "., -"),
+                          at + ".matchPattern")
 
     # -- CIDR ---------------------------------------------------------------------------------
     def cidr(self, text, at):
@@ -1233,7 +1260,7 @@ class _RuleChecker:
             # Exactly one of cidr, cidrGroupRef, cidrGroupSelector (1.17+, docs/upstream.md).
             count = sum(1 for key in ("cidr", "cidrGroupRef") if rule.get(key)) + ("cidrGroupSelector" in rule)
             if "cidrGroupSelector" in rule:
-                message = selector_error(rule["cidrGroupSelector"], default_source="cidrgroup")
+                message = selector_error(rule["cidrGroupSelector"], default_source="cidrgroup", newer=self.minor >= 19)
                 if message:
                     raise _Reject("failed to parse cidrGroupSelector %s: invalid label selector: %s" % (
                         self.go_selector_string(rule["cidrGroupSelector"]), message), at + ".cidrGroupSelector")
@@ -1263,8 +1290,12 @@ class _RuleChecker:
                               "%s.except[%d]" % (at, index))
 
     def go_selector_string(self, selector):
-        """Go's ``%v`` of a ``LabelSelector`` (the generated ``String()``), as the agent prints it."""
+        """Go's ``%v`` of a ``LabelSelector`` (the generated ``String()``), as the agent prints it;
+        1.19 prints the selector as JSON."""
         labels = selector.get("matchLabels") or {}
+        if self.minor >= 19:
+            shown = {key: selector[key] for key in ("matchLabels", "matchExpressions") if selector.get(key)}
+            return json.dumps(shown, separators=(",", ":"), sort_keys=False)
         text = "&LabelSelector{MatchLabels:map[string]string{"
         text += "".join("%s: %s," % (key, labels[key]) for key in sorted(labels))
         text += "},MatchExpressions:[]LabelSelectorRequirement{"

@@ -194,7 +194,10 @@ REJECTED = {
                         'unable to parse port: strconv.ParseUint: parsing "web_port": invalid syntax', [19]),
     "protocol": (ing(toPorts=[{"ports": [{"port": "80", "protocol": "icmp"}]}]),
                  "ingress[0].toPorts[0].ports[0].protocol",
-                 'invalid protocol "ICMP", must be { tcp | udp | sctp | any }', ALL),
+                 'invalid protocol "ICMP", must be { tcp | udp | sctp | any }', ALL[:-1]),
+    "protocol-1.19": (ing(toPorts=[{"ports": [{"port": "80", "protocol": "icmp"}]}]),
+                      "ingress[0].toPorts[0].ports[0].protocol",
+                      'invalid protocol "ICMP", must be { tcp | udp | sctp | vrrp | igmp | any }', [19]),
     "41-ports": (ing(toPorts=[{"ports": [{"port": str(1000 + i)} for i in range(41)]}]),
                  "ingress[0].toPorts[0].ports", "too many ports, the max is 40", ALL),
     "41-icmp-fields": (eg(icmps=[{"fields": [{"type": i} for i in range(41)]}]), "egress[0].icmps[0].fields",
@@ -234,11 +237,18 @@ REJECTED = {
                               "only one of MatchName or MatchPattern is allowed in an FQDNSelector", ALL),
     "fqdn-name-characters": (eg(toFQDNs=[{"matchName": "api example.com"}]), "egress[0].toFQDNs[0].matchName",
                              'Invalid characters in MatchName: "api example.com". Only 0-9, a-z, A-Z and . and - '
-                             'characters are allowed', ALL),
+                             'characters are allowed', ALL[:-1]),
+    "fqdn-name-characters-1.19": (eg(toFQDNs=[{"matchName": "api example.com"}]), "egress[0].toFQDNs[0].matchName",
+                                  'Invalid characters in MatchName: "api example.com". Only 0-9, a-z, A-Z and ., -, _ '
+                                  'characters are allowed', [19]),
     "fqdn-pattern-characters": (eg(toFQDNs=[{"matchPattern": "*.example.com/x"}]),
                                 "egress[0].toFQDNs[0].matchPattern",
                                 'Invalid characters in MatchPattern: "*.example.com/x". Only 0-9, a-z, A-Z and ., - '
-                                'and * characters are allowed', ALL),
+                                'and * characters are allowed', ALL[:-1]),
+    "fqdn-pattern-characters-1.19": (eg(toFQDNs=[{"matchPattern": "*.example.com/x"}]),
+                                     "egress[0].toFQDNs[0].matchPattern",
+                                     'Invalid characters in MatchPattern: "*.example.com/x". Only 0-9, a-z, A-Z and '
+                                     '., -, _ and * characters are allowed', [19]),
     "http-regex": (eg(toPorts=[http_port(http=[{"path": "/v1/(.*"}])]), "egress[0].toPorts[0].rules.http[0].path",
                    "error parsing regexp: missing closing ): `/v1/(.*`", ALL),
     "no-direction-since-1.17": ({"endpointSelector": WEB}, None,
