@@ -19,7 +19,10 @@ profile (``PROFILES``, 1.13 .. 1.19), and where it knowingly differs from the re
   the failure until a later read succeeds (the agent retries in a controller).
 * Policy repository: ``PUT/DELETE/GET /policy`` with revisions, ``replace`` and
   ``replace-with-labels`` (1.15+), validation through ``policy_rules`` (agent messages), the
-  REST write API removed in 1.19, and the ``--static-cnp-path`` directory (1.16+).
+  REST write API removed in 1.19, and the ``--static-cnp-path`` directory (1.16+), whose files
+  are rewritten on load as the agent does (namespace requirement, and the cluster label per
+  ``--policy-default-local-cluster``, a constructor option with each release's default).  1.19's
+  ``GET /policy`` lists PolicyEntry objects (``policy_entries``).
   ``policy_history`` records every repository state.
 * Rate limiting: a simplification of ``--api-rate-limit`` - the agent *delays* requests and
   answers 429 only when the wait would exceed the limiter's max wait; ``set_rate_limit`` makes
@@ -1531,7 +1534,8 @@ def parse_to_cilium_rule(rule, namespace, cluster, profile):
 def policy_entries(rule):
     """Cilium 1.19's ``RulesToPolicyEntries`` for one (effective) rule, as ``GET /v1/policy``
     marshals them: docs/upstream.md#get-policy-in-119-policyentry.  The ``L3`` of entities,
-    CIDRs and FQDNs is simplified (UNCONFIRMED exact form; the collection reads only ``Labels``)."""
+    CIDRs and FQDNs and the ``L4`` of ICMP rules are simplified (UNCONFIRMED exact form; the
+    collection reads only ``Labels``)."""
     node = "nodeSelector" in rule
     subject = rule.get("nodeSelector") if node else rule.get("endpointSelector")
     default_deny = rule.get("enableDefaultDeny") or {}
