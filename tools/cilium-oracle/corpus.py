@@ -655,8 +655,12 @@ def _static_cases(c, rest_cases):
                                     {"key": "k8s:io.cilium.k8s.policy.cluster", "operator": "DoesNotExist"}]}])),
           kind="static", raw=True)
     c.add("static/doc/peer-entities", _document("x", _ingress({"fromEntities": ["cluster"]})), kind="static", raw=True)
-    for case_id, rules in rendered_files():
-        c.add(case_id, rules, kind="static", raw=True)
+    for case_id, content, rule in rendered_files():
+        # The published rule as the agent reads it over REST (selectors as written) and the file
+        # the collection renders for it: both selection answers are recorded, so a test can check
+        # that the file selects what the rule meant.
+        c.add("published/" + case_id.split("/", 1)[1], [rule])
+        c.add(case_id, content, kind="static", raw=True)
 
 
 def rendered_files():
@@ -678,14 +682,18 @@ def rendered_files():
     for origin, rules in sources:
         try:
             desired = pol.normalize_rules(rules)
+            # only what the collection would write: rules valid for the releases with a static directory
+            pol.validate_rules(desired, [pol.ValidationTarget(m, True, False, True) for m in (16, 17, 18, 19)])
             plan = pol.plan_static(desired, {})
         except Exception:  # noqa: BLE001 - rules the collection refuses are not rendered
             continue
-        for name, content in sorted(plan["write"].items()):
-            if content in seen:
+        names = pol.static_file_names(desired)
+        for rule, name in zip(desired, names):
+            content = plan["write"].get(name)
+            if content is None or content in seen:
                 continue
             seen.add(content)
-            out.append(("rendered/%s/%d/%s" % (origin, len(out), name), content))
+            out.append(("rendered/%s/%d/%s" % (origin, len(out), name), content, rule))
     return out
 
 

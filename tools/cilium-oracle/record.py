@@ -93,6 +93,7 @@ def main():
             entry["message"] = res["error"]
         if case["kind"] == "static" and res["ok"]:
             entry["effective"] = res.get("effective")
+        if res["ok"] and (case["kind"] == "static" or case["id"].startswith("published/")):
             entry["selection"] = res.get("selection") or []
         lines.append(json.dumps(entry, sort_keys=True, separators=(",", ":")))
     head = {"release": args.release, "oracle": version, "cases": len(cases),

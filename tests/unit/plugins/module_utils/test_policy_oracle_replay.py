@@ -238,3 +238,26 @@ def test_judge_fails_when_a_recorded_verdict_or_message_is_changed():
     edited = dict(refused, message=refused["message"] + " (edited)")
     assert judge(edited, product_verdict(edited, minor, patch))
     assert judge(accepted, product_verdict(accepted, minor, patch)) is None
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_rendered_static_files_select_what_the_published_rule_meant(release):
+    """Every static file the collection renders, as the agent loads it (selectors rewritten),
+    selects exactly the Nomad endpoints the published rule selects, subject and peers alike."""
+    data = load(release)
+    nomad = {name for name in data["head"]["endpoints"] if name.startswith("nomad-")}
+    by_id = {c["id"]: c for c in data["cases"]}
+    rendered = [c for c in data["cases"] if c["id"].startswith("rendered/")]
+    assert rendered, "no rendered static files recorded"
+    failures = []
+    for case in rendered:
+        published = by_id["published/" + case["id"].split("/", 1)[1]]
+        if not case["ok"]:
+            failures.append("%s: the agent does not load it: %s" % (case["id"], case.get("message")))
+            continue
+        meant = {s["path"]: sorted(set(s["selects"]) & nomad) for s in published["selection"]}
+        enforced = {s["path"]: sorted(set(s["selects"]) & nomad) for s in case["selection"]}
+        if meant != enforced:
+            failures.append("%s:\n  published rule selects: %s\n  agent enforces:         %s" % (
+                case["id"], meant, enforced))
+    assert not failures, "\n".join(failures)
