@@ -195,7 +195,7 @@ _ICMPV6_TYPES = frozenset((
 
 # Last Cilium minor whose agent knows a field: 1.19 turned fromRequires/toRequires into a list
 # that must stay empty; a selector there fails the decode of a static file, and the agent exits
-# (docs/upstream.md, "Cilium: policy").
+# (docs/upstream.md#rule-validation-per-release-recorded).
 _UNTIL = {
     ("IngressRule", "fromRequires"): 18, ("IngressDenyRule", "fromRequires"): 18,
     ("EgressRule", "toRequires"): 18, ("EgressDenyRule", "toRequires"): 18,
@@ -288,7 +288,7 @@ class _Decoder:
 
     def icmp_field(self, field):
         """The agent's ``ICMPField`` decoding: a type is required (the agent crashes without one)
-        and a type name must exist for the family (docs/upstream.md, "Cilium: policy")."""
+        and a type name must exist for the family (docs/upstream.md#rule-validation-per-release-recorded)."""
         if field.get("type") is None:
             self.fail("an ICMP field needs a type (the agent crashes on a field without one)")
         kind = field["type"]
@@ -687,11 +687,12 @@ def dns1123_subdomain_errors(value, unit="characters"):
 
 def _qualified_name_errors(value, newer=False):
     """apimachinery's ``IsQualifiedName``; ``newer``: the wording of the apimachinery Cilium 1.19
-    vendors ("a valid label key", lengths in bytes; docs/upstream.md, "Cilium: policy")."""
+    vendors ("a valid label key", lengths in bytes; docs/upstream.md#rule-validation-per-release-recorded)."""
     unit = "bytes" if newer else "characters"
     parts = value.split("/")
     if len(parts) > 2:
-        return [("a valid label key " if newer else "a qualified name ") + _regex_error(_QNAME_ERR, _QNAME_FMT, "MyName", "my.name", "123-abc")
+        head = "a valid label key " if newer else "a qualified name "
+        return [head + _regex_error(_QNAME_ERR, _QNAME_FMT, "MyName", "my.name", "123-abc")
                 + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
     errors = []
     name = parts[-1]
@@ -998,8 +999,9 @@ class _RuleChecker:
         self.l7_proxy = l7_proxy
         self.node_selector_labels = node_selector_labels
         self.icmp_rules = icmp_rules
-        # The agent lower-cased most validation messages in 1.16.7 and 1.17.0 (docs/upstream.md,
-        # "Cilium: policy"); a minor given without patch means its latest behaviour.
+        # The agent lower-cased most validation messages in 1.16.7 and 1.17.0
+        # (docs/upstream.md#rule-validation-per-release-recorded); a minor given without patch
+        # means its latest behaviour.
         self.lower = at_least(minor, patch, 16, 7)
         self.protocols = _PROTOCOLS_SINCE_19 if minor >= 19 else _PROTOCOLS
         self.entities = set(_ENTITIES)
@@ -1234,7 +1236,7 @@ class _RuleChecker:
         name, pattern = fqdn.get("matchName", ""), fqdn.get("matchPattern", "")
         if selector and name and pattern:
             raise _Reject("only one of MatchName or MatchPattern is allowed in an FQDNSelector", at)
-        # 1.19 names the underscore it has always allowed (docs/upstream.md, "Cilium: policy").
+        # 1.19 names the underscore it has always allowed (docs/upstream.md#rule-validation-per-release-recorded).
         if name and not _FQDN_NAME_RE.fullmatch(name):
             raise _Reject('Invalid characters in MatchName: "%s". Only 0-9, a-z, A-Z and %s characters '
                           'are allowed' % (name, "., -, _" if selector and self.minor >= 19 else ". and -"),
@@ -1257,7 +1259,8 @@ class _RuleChecker:
     def cidr_rule(self, rule, at):
         self.since("CIDRRule", rule, at)
         if self.minor >= 17:
-            # Exactly one of cidr, cidrGroupRef, cidrGroupSelector (1.17+, docs/upstream.md).
+            # Exactly one of cidr, cidrGroupRef, cidrGroupSelector from 1.17
+            # (docs/upstream.md#rule-validation-per-release-recorded).
             count = sum(1 for key in ("cidr", "cidrGroupRef") if rule.get(key)) + ("cidrGroupSelector" in rule)
             if "cidrGroupSelector" in rule:
                 message = selector_error(rule["cidrGroupSelector"], default_source="cidrgroup", newer=self.minor >= 19)
@@ -1283,7 +1286,7 @@ class _RuleChecker:
             # The agent checks that the allow prefix contains the exception's address as written.
             except_addr = ipaddress.ip_address(excluded[:excluded.rfind("/")])
             if self.minor <= 16 and except_net.prefixlen < network.prefixlen and except_addr in network:
-                # 1.16 crashes computing the remaining prefixes (docs/upstream.md, "Cilium: policy").
+                # 1.16 crashes computing the remaining prefixes (docs/upstream.md#rule-validation-per-release-recorded).
                 raise _Reject("an except prefix wider than its cidr crashes Cilium 1.16", "%s.except[%d]" % (at, index))
             if except_addr.version != network.version or except_addr not in network:
                 raise _Reject("allow CIDR prefix %s does not contain exclude CIDR prefix %s" % (text, excluded),
@@ -1307,7 +1310,7 @@ class _RuleChecker:
 
 def _l7_empty(rules):
     """``L7Rules.IsEmpty``: no HTTP, Kafka, DNS or generic L7 rule (empty lists and a lone
-    ``l7proto`` count as nothing; docs/upstream.md, "Cilium: policy")."""
+    ``l7proto`` count as nothing; docs/upstream.md#rule-validation-per-release-recorded)."""
     if rules is None:
         return True
     return not any(rules.get(k) for k in ("http", "kafka", "dns", "l7"))

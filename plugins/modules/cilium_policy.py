@@ -107,7 +107,9 @@ options:
     default: 10
   cilium_versions:
     description:
-      - Cilium versions (C(1.16) or C(1.16.5)) the rules must be valid for.
+      - Cilium versions the rules must be valid for, as a minor (C(1.16)) or a patch release (C(1.16.17)).
+      - A patch release selects the agent's behaviour in that release (Cilium changed the wording of its messages
+        in 1.16.7); a minor alone means the latest release of that minor.
       - When not set, rules are validated for the local agent's version when O(apply=true). When the module only
         publishes or validates, they are validated for every version this collection supports (1.13 to 1.19), which
         suits clusters in the middle of an upgrade. Set this option to allow features of newer versions only.
@@ -340,17 +342,23 @@ def validation_targets(params, agent):
     """The local agent's version with its flags (when applying), plus ``cilium_versions``; every
     supported version when there is neither (publishing or validating for a whole cluster)."""
     try:
-        minors = sorted({pol.parse_version(v) for v in params["cilium_versions"] or []})
+        releases = sorted({pol.parse_release(v) for v in params["cilium_versions"] or []},
+                          key=lambda r: (r[0], 10 ** 6 if r[1] is None else r[1]))
     except ValueError as exc:
         raise PolicyFailure("cilium_versions: %s" % exc)
     targets = []
     if agent is not None and agent["minor"] is not None:
         flags = agent["flags"]
+        try:  # the agent's patch release decides the wording of its messages
+            patch = pol.parse_release(agent["caps"]["version"])[1]
+        except (KeyError, TypeError, ValueError):
+            patch = None
         targets.append(pol.ValidationTarget(agent["minor"], flags.get("EnableL7Proxy"),
-                                            flags.get("EnableNodeSelectorLabels"), flags.get("EnableICMPRules")))
-    elif not minors:
-        minors = list(pol.SUPPORTED_MINORS)
-    return targets + [pol.ValidationTarget(m) for m in minors if m not in {t.minor for t in targets}]
+                                            flags.get("EnableNodeSelectorLabels"), flags.get("EnableICMPRules"),
+                                            patch=patch))
+    elif not releases:
+        releases = [(m, None) for m in pol.SUPPORTED_MINORS]
+    return targets + [pol.ValidationTarget(m, patch=p) for m, p in releases if m not in {t.minor for t in targets}]
 
 
 # -- diff ------------------------------------------------------------------------------------------

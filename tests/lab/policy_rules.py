@@ -238,7 +238,8 @@ def _is_qualified_name(value, newer=False):
         else:
             errs.extend("prefix part " + m for m in is_dns1123_subdomain(prefix, unit))
     else:
-        return [("a valid label key " if newer else "a qualified name ") + _regex_error(_QNAME_MSG, _QNAME_FMT, "MyName", "my.name", "123-abc")
+        head = "a valid label key " if newer else "a qualified name "
+        return [head + _regex_error(_QNAME_MSG, _QNAME_FMT, "MyName", "my.name", "123-abc")
                 + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
     if not name:
         errs.append("name part must be non-empty")
@@ -842,7 +843,7 @@ class _Validator:
         patch = _patch_of(profile)
         # 1.19 validates with IngressCommonRule/EgressCommonRule.Validate (structure below).
         self.newest = bool(profile.get("lowercase_combining"))
-        # Messages lower-cased in 1.16.7 and 1.17.0 (docs/upstream.md, "Cilium: policy").
+        # Messages lower-cased in 1.16.7 and 1.17.0 (docs/upstream.md#rule-validation-per-release-recorded).
         self.lower = self.minor > 16 or (self.minor == 16 and patch >= 7)
         # 1.16.5+ (1.16 branch only) refuses port ranges with any L7 rule.
         self.l7_port_ranges = self.minor == 16 and patch >= 5
@@ -889,7 +890,8 @@ class _Validator:
         host = has_ns
         if host:
             self.selector(rule["nodeSelector"])
-        # IngressDeny/EgressDeny validation: 1.17, backported to 1.16.7 (docs/upstream.md).
+        # IngressDeny/EgressDeny validation: 1.17, backported to 1.16.7
+        # (docs/upstream.md#rule-validation-per-release-recorded).
         validate_deny = self.profile.get("validate_deny_rules") or self.lower
         for item in rule.get("ingress", []):
             self.ingress(item, host)
@@ -1028,7 +1030,7 @@ class _Validator:
                 self.fqdn(fqdn)
             return
         self.l3_combining(item, _EGRESS_L3)
-        # toServices with toPorts is accepted from 1.17 (docs/upstream.md, "Cilium: policy").
+        # toServices with toPorts is accepted from 1.17 (docs/upstream.md#rule-validation-per-release-recorded).
         if self.minor < 17 and item.get("toServices") and item.get("toPorts"):
             raise PolicyError(self.combining("ToServices", "ToPorts"))
         self.l7_checks(item, "egress", host)
@@ -1217,7 +1219,8 @@ class _Validator:
     def cidr_rule(self, rule):
         if self.minor >= 17:
             # Exactly one of cidr, cidrGroupRef, cidrGroupSelector (rule_validation.go, 1.17+).
-            count = bool(rule.get("cidr")) + bool(rule.get("cidrGroupRef")) + (rule.get("cidrGroupSelector") is not None)
+            count = (bool(rule.get("cidr")) + bool(rule.get("cidrGroupRef"))
+                     + (rule.get("cidrGroupSelector") is not None))
             group_sel = rule.get("cidrGroupSelector")
             if group_sel is not None:
                 extended = {}

@@ -5,7 +5,7 @@ corpus of tools/cilium-oracle/corpus.py.  The lab's validator (tests/lab/policy_
 give the agent's verdict and message on every ``PUT /v1/policy`` body, and the lab's static
 directory loader (tests/lab/cilium.py ``load_static_file``) must refuse what the agent refuses
 and produce the same effective rules and selection answers as the agent.
-See docs/upstream.md, "Cilium: policy".
+See docs/upstream.md#rule-validation-per-release-recorded.
 """
 
 import json

@@ -15,7 +15,7 @@ import yaml
 from ansible_collections.netreap.cilium.plugins.module_utils import _policy as pol
 
 ALL = tuple(pol.SUPPORTED_MINORS)
-# The agent lower-cased most messages in 1.16.7 and 1.17.0 (docs/upstream.md, "Cilium: policy");
+# The agent lower-cased most messages in 1.16.7 and 1.17.0 (docs/upstream.md#rule-validation-per-release-recorded);
 # a minor without patch means its latest release.
 OLD_WORDING = (13, 14, 15)
 LOWER_CASE = (16, 17, 18, 19)
@@ -524,3 +524,26 @@ def test_yaml_round_trips_every_kind_of_value():
 def test_yaml_round_trips_documentation_examples(name):
     rule = pol.normalize_rules([DOC_EXAMPLES[name]])[0]
     assert yaml.safe_load(pol.to_yaml({"spec": rule})) == {"spec": rule}
+
+
+def test_versions_take_patch_releases():
+    assert pol.parse_release("1.16.17") == (16, 17)
+    assert pol.parse_release("v1.19.0-rc.1") == (19, 0)
+    assert pol.parse_release("1.18") == (18, None)
+    assert pol.parse_version("1.16.5") == 16
+    for bad in ("2.0", "1.12.3", "1.16.x", ""):
+        with pytest.raises(ValueError):
+            pol.parse_release(bad)
+
+
+@pytest.mark.parametrize("patch, message", [
+    (6, "Combining FromEndpoints and FromCIDR is not supported yet"),
+    (7, "combining FromEndpoints and FromCIDR is not supported yet"),
+    (None, "combining FromEndpoints and FromCIDR is not supported yet"),
+])
+def test_message_wording_follows_the_agents_patch_release(patch, message):
+    """1.16.7 lower-cased the agent's messages (docs/upstream.md#rule-validation-per-release-recorded)."""
+    rules = pol.normalize_rules([named("broken", ing(fromEndpoints=[WEB], fromCIDR=["10.0.0.0/8"]))])
+    with pytest.raises(pol.PolicyValidationError) as caught:
+        pol.validate_rules(rules, [pol.ValidationTarget(16, True, False, True, patch=patch)])
+    assert caught.value.message == message

@@ -5,7 +5,7 @@ corpus of tools/cilium-oracle/corpus.py.  For every recorded release the product
 give the agent's verdict on every case, with the agent's message (after the prefix naming rule
 and field), and must never accept what the agent refuses.  Where the collection refuses more
 on purpose, the case must fall into one of the documented exceptions below (docs/policy.md,
-"What the validator refuses on purpose").  See docs/upstream.md, "Cilium: policy".
+"What the validator refuses on purpose").  See docs/upstream.md#rule-validation-per-release-recorded.
 """
 
 import json
