@@ -620,7 +620,7 @@ REJECTED = [
     ("dns-without-port", _egr(toPorts=[{"rules": {"dns": [{"matchName": "a.com"}]}}]),
      "Port 53 must be specified for DNS rules"),
     ("dns-port-range", _egr(toPorts=_ports({"port": "53", "endPort": 60}, rules={"dns": [{"matchName": "a.com"}]})),
-     "DNS rules do not support port ranges"),
+     "L7 rules do not support port ranges"),  # the 1.16 branch from 1.16.5
     ("l7-on-udp", _ing(toPorts=_ports({"port": "80", "protocol": "UDP"}, rules={"http": [{"path": "/"}]})),
      "L7 rules can only apply to TCP (not UDP) except for DNS rules"),
     ("l7-port-zero", _ing(toPorts=_ports({"port": "0", "protocol": "TCP"}, rules={"http": [{"path": "/"}]})),
