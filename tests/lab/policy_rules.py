@@ -804,7 +804,7 @@ def _l7_rules_empty(rules):
 def _patch_of(profile):
     """The patch number of the profile's ``full_version`` (``1.16.9`` -> 9); a profile without
     one stands for the newest release of its minor."""
-    parts = str(profile.get("full_version") or "").split("-")[0].split(".")
+    parts = str(profile.get("full_version") or "").split("-", maxsplit=1)[0].split(".")
     return int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 10 ** 6
 
 

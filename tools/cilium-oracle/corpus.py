@@ -474,8 +474,8 @@ def _l7_cases(c):
     c.rule("tls/originating", _egress({"toEndpoints": [CACHE], "toPorts": [
         _ports({"port": "443", "protocol": "TCP"}, originatingTLS={"secret": {"name": "ca"}})]}))
     c.rule("listener/egress", _egress({"toEndpoints": [CACHE], "toPorts": [
-        _ports({"port": "80", "protocol": "TCP"}, listener={"envoyConfig": {"kind": "CiliumEnvoyConfig",
-                                                                             "name": "x"}, "name": "l"})]}))
+        _ports({"port": "80", "protocol": "TCP"},
+               listener={"envoyConfig": {"kind": "CiliumEnvoyConfig", "name": "x"}, "name": "l"})]}))
     c.rule("listener/ingress", _ingress({"fromEndpoints": [CACHE], "toPorts": [
         _ports({"port": "80", "protocol": "TCP"}, listener={"envoyConfig": {"name": "x"}, "name": "l"})]}))
     c.rule("listener/with-l7", _egress({"toEndpoints": [CACHE], "toPorts": [
@@ -677,7 +677,7 @@ def rendered_files():
     sources = [("base", [dict(BASE, labels=["unspec:name=web-from-cache"])]),
                ("egress", [{"endpointSelector": CACHE, "egress": [{"toEndpoints": [WEB]}],
                             "labels": ["unspec:name=cache-to-web"]}])]
-    sources += [(rel, rules) for rel, rules in project_policies()]
+    sources += list(project_policies())
     out, seen = [], set()
     for origin, rules in sources:
         try:

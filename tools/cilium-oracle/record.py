@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: netreap.cilium contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -57,7 +56,7 @@ def oracle_flags(oracle):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--oracle", required=True, help="the oracle binary built for this release")
     parser.add_argument("--release", required=True, help="fixture directory name, e.g. 1.18.3")
     parser.add_argument("--out", default=os.path.join(corpus_mod.ROOT, "tests", "fixtures", "cilium"))
@@ -105,8 +104,8 @@ def main():
         handle.write('{"head":%s,\n"cases":[\n' % json.dumps(head, sort_keys=True, separators=(",", ":")))
         handle.write(",\n".join(lines))
         handle.write("\n]}\n")
-    print("%s: %d cases (%d refused) -> %s" % (version, len(cases), sum(1 for l in lines if '"ok":false' in l),
-                                                target))
+    refused = sum(1 for line in lines if '"ok":false' in line)
+    print("%s: %d cases (%d refused) -> %s" % (version, len(cases), refused, target))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ EXCEPTIONS = {
     "field-of-newer-release": lambda msg: "is not supported before Cilium" in msg,
 }
 
+
 # Inputs the collection rewrites into what the agent accepts before anything is written (so
 # the agent never sees the refused form): a rule object becomes a list of one rule, YAML
 # numbers where Go wants strings become strings.
