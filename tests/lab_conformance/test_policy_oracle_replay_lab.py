@@ -102,6 +102,7 @@ def lab_static(case, prof):
     flags = case.get("flags") or {}
     try:
         return lab_cilium.load_static_file("corpus.yaml", case["input"].encode("utf-8"), prof, cluster_name="default",
+                                           policy_default_local_cluster=flags.get("default_local_cluster"),
                                            enable_l7_proxy=flags.get("l7_proxy", True),
                                            enable_node_selector_labels=flags.get("node_selector_labels", False)), None
     except Exception as exc:  # noqa: BLE001 - decode errors and rejections are both refusals

@@ -661,6 +661,10 @@ def _static_cases(c, rest_cases):
         # that the file selects what the rule meant.
         c.add("published/" + case_id.split("/", 1)[1], [rule])
         c.add(case_id, content, kind="static", raw=True)
+        # and with --policy-default-local-cluster set both ways (1.18 default off, 1.19 on)
+        for value in (True, False):
+            c.add("%s@default-local-cluster=%s" % (case_id, str(value).lower()), content, kind="static", raw=True,
+                  flags={"default_local_cluster": value})
 
 
 def rendered_files():

@@ -252,7 +252,7 @@ def test_rendered_static_files_select_what_the_published_rule_meant(release):
     assert rendered, "no rendered static files recorded"
     failures = []
     for case in rendered:
-        published = by_id["published/" + case["id"].split("/", 1)[1]]
+        published = by_id["published/" + case["id"].split("/", 1)[1].split("@", 1)[0]]
         if not case["ok"]:
             failures.append("%s: the agent does not load it: %s" % (case["id"], case.get("message")))
             continue
