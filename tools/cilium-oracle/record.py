@@ -83,8 +83,9 @@ def main():
     for case in cases:
         res = results[case["id"]]
         entry = {"id": case["id"], "kind": case["kind"], "input": case["input"], "ok": res["ok"]}
-        if case.get("flags"):
-            entry["flags"] = case["flags"]
+        applied = {k: v for k, v in (case.get("flags") or {}).items() if k in known_flags}
+        if applied:  # only the agent options this release has
+            entry["flags"] = applied
         for key in ("stage", "http_status", "rule_index"):
             if res.get(key) is not None:
                 entry[key] = res[key]
