@@ -1381,7 +1381,7 @@ class CiliumAgentSim(httpd.Service):
 
 
 def load_static_file(name, data, profile, cluster_name="default", policy_default_local_cluster=None,
-                     enable_l7_proxy=True, enable_node_selector_labels=False):
+                     enable_l7_proxy=True, enable_node_selector_labels=False, enable_icmp_rules=True):
     """The rules the agent enforces from one ``--static-cnp-path`` file (``data``: its bytes).
 
     Decode and validate as the agent does, rewrite the selectors as ``ParseToCiliumRule`` does
@@ -1431,7 +1431,7 @@ def load_static_file(name, data, profile, cluster_name="default", policy_default
         for rule in items:
             try:
                 sanitized = pr.validate_decoded([rule], profile, enable_l7_proxy,
-                                                enable_node_selector_labels)[0]
+                                                enable_node_selector_labels, enable_icmp_rules)[0]
             except pr.PolicyError as exc:
                 raise pr.PolicyError("Invalid %s %s: %s" % (kind, which, exc.message))
             if namespace and "nodeSelector" in rule:
@@ -1450,9 +1450,12 @@ class _StaticDecodeError(Exception):
 
 
 def _yaml_to_json(value):
-    """What ``sigs.k8s.io/yaml.YAMLToJSON`` yields: string keys, timestamps as strings."""
+    """What ``sigs.k8s.io/yaml.YAMLToJSON`` yields: string keys, timestamps as strings, object
+    keys in sorted order (it goes through a Go map), which decides which of two spellings of a
+    field the decoder keeps (the last)."""
     if isinstance(value, dict):
-        return {str(k) if not isinstance(k, bool) else str(k).lower(): _yaml_to_json(v) for k, v in value.items()}
+        items = {str(k) if not isinstance(k, bool) else str(k).lower(): _yaml_to_json(v) for k, v in value.items()}
+        return {k: items[k] for k in sorted(items)}
     if isinstance(value, list):
         return [_yaml_to_json(v) for v in value]
     if hasattr(value, "isoformat"):
@@ -1517,16 +1520,22 @@ def parse_to_cilium_rule(rule, namespace, cluster, profile):
             _add_match(subject, _NS_KEY, namespace)
     if profile["policy_default_local_cluster"] is None:
         cluster = ""  # no such flag before 1.18
-    for direction, peers in (("ingress", ("fromEndpoints", "fromRequires")), ("ingressDeny", ("fromEndpoints",)),
-                             ("egress", ("toEndpoints", "toRequires")), ("egressDeny", ("toEndpoints",))):
+    # Deny items share the common rule parser, fromRequires/toRequires included.
+    for direction, peers in (("ingress", ("fromEndpoints", "fromRequires")),
+                             ("ingressDeny", ("fromEndpoints", "fromRequires")),
+                             ("egress", ("toEndpoints", "toRequires")), ("egressDeny", ("toEndpoints", "toRequires"))):
         for item in rule.get(direction) or []:
             for peer in peers:
-                if item.get(peer) is not None:
+                if peer.endswith("Requires") and profile["minor"] >= 19:
+                    item.pop(peer, None)  # 1.19's parser does not copy them (always empty strings)
+                elif item.get(peer) is not None:
                     # 1.16-1.18 skip reserved selectors only for *Endpoints (addK8sPrefix).
                     item[peer] = [_peer_selector(sel, namespace, cluster, peer.endswith("Endpoints"), matches_init)
                                   for sel in item[peer]]
             for peer in ("fromNodes", "toNodes"):
                 for sel in item.get(peer) or []:
+                    # reserved:remote-node Exists, then the cluster filter (utils.go, 1.16 .. 1.19)
+                    _add_exists(sel, "reserved:remote-node")
                     _add_cluster_filter(sel, cluster)
     return rule
 

@@ -104,7 +104,8 @@ def lab_static(case, prof):
         return lab_cilium.load_static_file("corpus.yaml", case["input"].encode("utf-8"), prof, cluster_name="default",
                                            policy_default_local_cluster=flags.get("default_local_cluster"),
                                            enable_l7_proxy=flags.get("l7_proxy", True),
-                                           enable_node_selector_labels=flags.get("node_selector_labels", False)), None
+                                           enable_node_selector_labels=flags.get("node_selector_labels", False),
+                                           enable_icmp_rules=flags.get("icmp_rules", True)), None
     except Exception as exc:  # noqa: BLE001 - decode errors and rejections are both refusals
         return None, getattr(exc, "message", None) or str(exc)
 
