@@ -10,8 +10,9 @@ Pure code (no I/O) behind the ``cilium_policy`` module:
   silently ignores (unknown or misspelt fields, ``null`` selectors that would select every
   endpoint) and return them in one canonical form, so "unchanged" means unchanged.
 * ``validate_rules``: the checks the agent runs in ``Rule.Sanitize``/``Validate`` (Cilium
-  1.13 to 1.19, written from the reference, not from the lab's simulator), with the agent's
-  messages, naming the rule and the field.
+  1.13 to 1.19, written from Cilium's source, not from the lab's simulator), with the agent's
+  messages for its patch release, naming the rule and the field; held to Cilium's own recorded
+  verdicts by ``tests/fixtures/cilium`` (docs/upstream.md#rule-validation-per-release-recorded).
 * Ownership and revision labels, the policy revision, per-rule digests and rule diffs.
 * ``plan_rest`` / ``plan_static``: what to PUT, DELETE, write or remove so that the agent is
   never without our rules during an update and never loses rules it does not own.
@@ -1060,7 +1061,7 @@ class _RuleChecker:
         if self.minor < 16:
             for peer in peers:
                 if item.get(peer) == []:
-                    # 1.16 changed the meaning of an explicitly empty peer list (reference §2.3).
+                    # 1.16 changed the meaning of an explicitly empty peer list.
                     raise _Reject("an empty %s list selects every peer before Cilium 1.16 and none since: leave "
                                   "the field out, or write [{}] to mean every endpoint" % peer,
                                   "%s.%s" % (at, peer))

@@ -1,9 +1,10 @@
-"""Policy rules: normalisation, the agent's validation (messages from the reference, §2.3),
+"""Policy rules: normalisation, the agent's validation (the agent's messages),
 planning for every apply method, diffs, static file names and YAML rendering.
 
-Expected messages are written from /work/shared/reference/cilium.md and Cilium's source as
-quoted there; tests/lab_tests/test_cilium_policy.py checks the same cases against the lab's
-independent agent simulator.
+Expected messages are Cilium's own (docs/upstream.md#rule-validation-per-release-recorded; the
+recorded verdicts are replayed in full by test_policy_oracle_replay.py);
+tests/lab_tests/test_cilium_policy.py checks the same cases against the lab's independent agent
+simulator.
 """
 
 import copy
