@@ -1476,8 +1476,9 @@ NAMESPACE_LABEL_KEY = "io.kubernetes.pod.namespace"
 CLUSTER_LABEL_KEY = "io.cilium.k8s.policy.cluster"
 _SCOPE_KEYS = (NAMESPACE_LABEL_KEY, CLUSTER_LABEL_KEY)
 _PEER_SELECTOR_FIELDS = (("ingress", "fromEndpoints"), ("ingress", "fromRequires"),
-                         ("ingressDeny", "fromEndpoints"), ("egress", "toEndpoints"),
-                         ("egress", "toRequires"), ("egressDeny", "toEndpoints"))
+                         ("ingressDeny", "fromEndpoints"), ("ingressDeny", "fromRequires"),
+                         ("egress", "toEndpoints"), ("egress", "toRequires"),
+                         ("egressDeny", "toEndpoints"), ("egressDeny", "toRequires"))
 
 
 def _selector_keys(selector):

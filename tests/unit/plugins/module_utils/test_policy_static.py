@@ -36,9 +36,10 @@ def test_every_endpoint_peer_selector_names_both_keys_in_every_direction():
         ingress=[{"fromEndpoints": [WEB, {}], "toPorts": [{"ports": [{"port": "6379", "protocol": "TCP"}]}]},
                  {"fromRequires": [{"matchLabels": {"netreap:nomad.namespace": "default"}}]}],
         ingressDeny=[{"fromEndpoints": [{"matchExpressions": [
-            {"key": "nomad:team", "operator": "NotIn", "values": ["payments"]}]}]}],
+            {"key": "nomad:team", "operator": "NotIn", "values": ["payments"]}]}]},
+            {"fromRequires": [WEB]}],
         egress=[{"toEndpoints": [WEB]}, {"toRequires": [WEB]}],
-        egressDeny=[{"toEndpoints": [CACHE]}])
+        egressDeny=[{"toEndpoints": [CACHE]}, {"toRequires": [CACHE]}])
     before = copy.deepcopy(published)
     spec = pol.static_spec(published)
     assert published == before  # the published rule is not changed in place
@@ -48,8 +49,9 @@ def test_every_endpoint_peer_selector_names_both_keys_in_every_direction():
     assert spec["ingress"][1]["fromRequires"] == [pinned({"matchLabels": {"netreap:nomad.namespace": "default"}})]
     assert spec["ingressDeny"][0]["fromEndpoints"] == [{"matchExpressions": [
         {"key": "nomad:team", "operator": "NotIn", "values": ["payments"]}, NS_DNE, CLUSTER_DNE]}]
+    assert spec["ingressDeny"][1] == {"fromRequires": [pinned(WEB)]}
     assert spec["egress"] == [{"toEndpoints": [pinned(WEB)]}, {"toRequires": [pinned(WEB)]}]
-    assert spec["egressDeny"] == [{"toEndpoints": [pinned(CACHE)]}]
+    assert spec["egressDeny"] == [{"toEndpoints": [pinned(CACHE)]}, {"toRequires": [pinned(CACHE)]}]
     assert pol.static_spec(spec) == spec  # pinning twice adds nothing
 
 
