@@ -10,8 +10,9 @@ Pure code (no I/O) behind the ``cilium_policy`` module:
   silently ignores (unknown or misspelt fields, ``null`` selectors that would select every
   endpoint) and return them in one canonical form, so "unchanged" means unchanged.
 * ``validate_rules``: the checks the agent runs in ``Rule.Sanitize``/``Validate`` (Cilium
-  1.13 to 1.19, written from the reference, not from the lab's simulator), with the agent's
-  messages, naming the rule and the field.
+  1.13 to 1.19, written from Cilium's source, not from the lab's simulator), with the agent's
+  messages for its patch release, naming the rule and the field; held to Cilium's own recorded
+  verdicts by ``tests/fixtures/cilium`` (docs/upstream.md#rule-validation-per-release-recorded).
 * Ownership and revision labels, the policy revision, per-rule digests and rule diffs.
 * ``plan_rest`` / ``plan_static``: what to PUT, DELETE, write or remove so that the agent is
   never without our rules during an update and never loses rules it does not own.
@@ -84,17 +85,33 @@ class PolicyValidationError(ValueError):
         return text
 
 
-def format_version(minor):
-    return "1.%d" % minor
+def format_version(minor, patch=None):
+    return "1.%d" % minor if patch is None else "1.%d.%d" % (minor, patch)
+
+
+def parse_release(text):
+    """``1.16`` or ``1.16.17`` (optionally ``v``-prefixed, optionally with a pre-release or
+    build suffix such as ``-rc.1`` or ``-dev``) -> (16, 17) or (16, None); ValueError otherwise.
+
+    ``None`` as the patch means "the latest behaviour of that minor"."""
+    match = re.match(r"^v?1\.(\d+)(?:\.(\d+))?(?:[-+][0-9A-Za-z.+-]*)?$", str(text).strip())
+    if not match or int(match.group(1)) not in SUPPORTED_MINORS:
+        raise ValueError("unsupported Cilium version %r (supported: %s; a patch version such as 1.16.17 "
+                         "is also accepted)" % (text, ", ".join(format_version(m) for m in SUPPORTED_MINORS)))
+    return int(match.group(1)), (int(match.group(2)) if match.group(2) is not None else None)
 
 
 def parse_version(text):
     """``1.16`` or ``1.16.5`` (optionally ``v``-prefixed) -> minor 16; ValueError otherwise."""
-    match = re.match(r"^v?1\.(\d+)(\.\d+)?$", str(text).strip())
-    if not match or int(match.group(1)) not in SUPPORTED_MINORS:
-        raise ValueError("unsupported Cilium version %r (supported: %s)" % (
-            text, ", ".join(format_version(m) for m in SUPPORTED_MINORS)))
-    return int(match.group(1))
+    return parse_release(text)[0]
+
+
+def at_least(minor, patch, want_minor, want_patch):
+    """Whether release ``1.minor.patch`` (patch None: the latest of that minor) is at least
+    ``1.want_minor.want_patch``."""
+    if minor != want_minor:
+        return minor > want_minor
+    return patch is None or patch >= want_patch
 
 
 # ============================================================================================
@@ -160,6 +177,29 @@ _SINCE = {
     ("EgressRule", "toNodes"): 16, ("EgressDenyRule", "toNodes"): 16,
     ("IngressRule", "authentication"): 14, ("EgressRule", "authentication"): 14,
     ("CIDRRule", "cidrGroupRef"): 14, ("CIDRRule", "cidrGroupSelector"): 17,
+}
+
+# ICMP type names the agent knows, per family (``pkg/policy/api/icmp.go``, 1.16 to 1.19).
+_ICMPV4_TYPES = frozenset((
+    "EchoReply", "DestinationUnreachable", "Redirect", "Echo", "EchoRequest", "RouterAdvertisement",
+    "RouterSelection", "TimeExceeded", "ParameterProblem", "Timestamp", "TimestampReply", "Photuris",
+    "ExtendedEchoRequest", "ExtendedEchoReply"))
+_ICMPV6_TYPES = frozenset((
+    "DestinationUnreachable", "PacketTooBig", "TimeExceeded", "ParameterProblem", "EchoRequest", "EchoReply",
+    "MulticastListenerQuery", "MulticastListenerReport", "MulticastListenerDone", "RouterSolicitation",
+    "RouterAdvertisement", "NeighborSolicitation", "NeighborAdvertisement", "RedirectMessage",
+    "RouterRenumbering", "ICMPNodeInformationQuery", "ICMPNodeInformationResponse",
+    "InverseNeighborDiscoverySolicitation", "InverseNeighborDiscoveryAdvertisement",
+    "HomeAgentAddressDiscoveryRequest", "HomeAgentAddressDiscoveryReply", "MobilePrefixSolicitation",
+    "MobilePrefixAdvertisement", "DuplicateAddressRequestCodeSuffix", "DuplicateAddressConfirmationCodeSuffix",
+    "ExtendedEchoRequest", "ExtendedEchoReply"))
+
+# Last Cilium minor whose agent knows a field: 1.19 turned fromRequires/toRequires into a list
+# that must stay empty; a selector there fails the decode of a static file, and the agent exits
+# (docs/upstream.md#rule-validation-per-release-recorded).
+_UNTIL = {
+    ("IngressRule", "fromRequires"): 18, ("IngressDenyRule", "fromRequires"): 18,
+    ("EgressRule", "toRequires"): 18, ("EgressDenyRule", "toRequires"): 18,
 }
 
 _KIND_OF_JSON = ((bool, "bool"), (int, "number"), (float, "number"), (str, "string"),
@@ -239,11 +279,24 @@ class _Decoder:
             decoded = self.value(ftype, value)
             self.path.pop()
             out[canonical] = decoded
+        if name == "ICMPField":
+            self.icmp_field(out)
         if name == "Rule":
             out["labels"] = [lbl for lbl in out.get("labels", []) if lbl["key"] not in OUR_LABEL_KEYS]
             if not out["labels"]:
                 del out["labels"]
         return {key: out[key] for key, unused in fields if key in out}
+
+    def icmp_field(self, field):
+        """The agent's ``ICMPField`` decoding: a type is required (the agent crashes without one)
+        and a type name must exist for the family (docs/upstream.md#rule-validation-per-release-recorded)."""
+        if field.get("type") is None:
+            self.fail("an ICMP field needs a type (the agent crashes on a field without one)")
+        kind = field["type"]
+        if isinstance(kind, str) and kind != "0" and not re.fullmatch(r"[+-]?[0-9]+", kind):
+            names = _ICMPV6_TYPES if field.get("family") == "IPv6" else _ICMPV4_TYPES
+            if kind not in names:
+                self.fail("ICMP type %s not found in %s" % (kind, field.get("family", "")), "type")
 
     def value(self, ftype, value):
         if isinstance(ftype, list):
@@ -298,13 +351,15 @@ class _Decoder:
             self.type_error(value, "an object")
         return value
 
-    def scalar_strmap(self, value):
+    def scalar_strmap(self, value, numbers=False):
+        """An object of strings; with ``numbers`` (matchLabels) a YAML number becomes its string,
+        which is what the collection then writes (the agent refuses a number there)."""
         if not isinstance(value, dict):
             self.type_error(value, "an object of strings")
         out = {}
         for key in sorted(value, key=str):  # YAML may give non-string keys (``1: x``)
             item = value[key]
-            if isinstance(item, int) and not isinstance(item, bool):
+            if numbers and isinstance(item, int) and not isinstance(item, bool):
                 item = str(item)
             if not isinstance(item, str):
                 self.type_error(item, "a string", str(key))
@@ -324,7 +379,7 @@ class _Decoder:
                 continue
             if lower == "matchlabels":
                 self.path.append("matchLabels")
-                out["matchLabels"] = self.scalar_strmap(item)
+                out["matchLabels"] = self.scalar_strmap(item, numbers=True)
                 self.path.pop()
             else:
                 self.path.append("matchExpressions")
@@ -440,9 +495,13 @@ def label_object(source, key, value):
 
 
 def label_triples(rule):
-    """``(source, key, value)`` of every label of a rule, whichever form the labels are in."""
+    """``(source, key, value)`` of every label of a rule, whichever form the labels are in.
+
+    Also reads Cilium 1.19's ``PolicyEntry`` objects, whose field is ``Labels`` (docs/upstream.md
+    "Cilium: policy")."""
     out = []
-    for label in rule.get("labels") or []:
+    labels = rule.get("labels") if "labels" in rule else rule.get("Labels")
+    for label in labels or []:
         if isinstance(label, str):
             out.append(parse_label(label))
         elif isinstance(label, dict):
@@ -571,6 +630,7 @@ _ENTITIES = ("all", "world", "cluster", "host", "init", "ingress", "unmanaged", 
              "health", "none", "kube-apiserver")
 _ENTITIES_SINCE_15 = ("world-ipv4", "world-ipv6")
 _PROTOCOLS = ("TCP", "UDP", "SCTP", "ANY")  # SCTP is accepted by every supported version
+_PROTOCOLS_SINCE_19 = ("TCP", "UDP", "SCTP", "VRRP", "IGMP", "ANY")
 
 _INGRESS_PEERS = ("fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities", "fromNodes", "fromGroups")
 _EGRESS_PEERS = ("toCIDR", "toCIDRSet", "toEndpoints", "toEntities", "toServices", "toFQDNs",
@@ -613,19 +673,27 @@ def _regex_error(msg, fmt, *examples):
     return text + "regex used for validation is '" + fmt + "')"
 
 
-def dns1123_subdomain_errors(value):
+def _max_len(length, unit):
+    return "must be no more than %d %s" % (length, unit)
+
+
+def dns1123_subdomain_errors(value, unit="characters"):
     errors = []
     if len(value) > 253:
-        errors.append("must be no more than 253 characters")
+        errors.append(_max_len(253, unit))
     if not re.fullmatch(_DNS_SUBDOMAIN_FMT, value):
         errors.append(_regex_error(_DNS_SUBDOMAIN_ERR, _DNS_SUBDOMAIN_FMT, "example.com"))
     return errors
 
 
-def _qualified_name_errors(value):
+def _qualified_name_errors(value, newer=False):
+    """apimachinery's ``IsQualifiedName``; ``newer``: the wording of the apimachinery Cilium 1.19
+    vendors ("a valid label key", lengths in bytes; docs/upstream.md#rule-validation-per-release-recorded)."""
+    unit = "bytes" if newer else "characters"
     parts = value.split("/")
     if len(parts) > 2:
-        return ["a qualified name " + _regex_error(_QNAME_ERR, _QNAME_FMT, "MyName", "my.name", "123-abc")
+        head = "a valid label key " if newer else "a qualified name "
+        return [head + _regex_error(_QNAME_ERR, _QNAME_FMT, "MyName", "my.name", "123-abc")
                 + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
     errors = []
     name = parts[-1]
@@ -633,27 +701,28 @@ def _qualified_name_errors(value):
         if not parts[0]:
             errors.append("prefix part must be non-empty")
         else:
-            errors.extend("prefix part " + m for m in dns1123_subdomain_errors(parts[0]))
+            errors.extend("prefix part " + m for m in dns1123_subdomain_errors(parts[0], unit))
     if not name:
         errors.append("name part must be non-empty")
     elif len(name) > 63:
-        errors.append("name part must be no more than 63 characters")
+        errors.append("name part " + _max_len(63, unit))
     if not re.fullmatch(_QNAME_FMT, name):
         errors.append("name part " + _regex_error(_QNAME_ERR, _QNAME_FMT, "MyName", "my.name", "123-abc"))
     return errors
 
 
-def _label_value_errors(value):
+def _label_value_errors(value, newer=False):
     errors = []
     if len(value) > 63:
-        errors.append("must be no more than 63 characters")
+        errors.append(_max_len(63, "bytes" if newer else "characters"))
     if not re.fullmatch(_LVALUE_FMT, value):
         errors.append(_regex_error(_LVALUE_ERR, _LVALUE_FMT, "MyValue", "my_value", "12345"))
     return errors
 
 
-def _extended_key(key):
-    """``labels.GetExtendedKeyFrom``: ``source:key`` -> ``source.key``; no source -> ``any.key``."""
+def _extended_key(key, default_source="any"):
+    """``labels.GetExtendedKeyFrom``: ``source:key`` -> ``source.key``; no source -> ``any.key``
+    (``cidrgroup.key`` in a cidrGroupSelector)."""
     source, rest = "", key
     if key.startswith("$"):
         source, rest = "reserved", key[1:]
@@ -661,19 +730,19 @@ def _extended_key(key):
         source, rest = key.split(":", 1)
     elif key.startswith("reserved."):
         source, rest = "reserved", key[len("reserved."):]
-    return "%s.%s" % (source or "any", rest.split("=", 1)[0])
+    return "%s.%s" % (source or default_source, rest.split("=", 1)[0])
 
 
-def selector_error(selector):
+def selector_error(selector, default_source="any", newer=False):
     """``metav1validation.ValidateLabelSelector`` on the extended keys, or None."""
     errors = []
     labels = selector.get("matchLabels") or {}
     for key in sorted(labels):  # Go iterates the map in random order; we sort
-        extended = _extended_key(key)
+        extended = _extended_key(key, default_source)
         errors += ["matchLabels: Invalid value: %s: %s" % (_go_q(extended), m)
-                   for m in _qualified_name_errors(extended)]
+                   for m in _qualified_name_errors(extended, newer)]
         errors += ["matchLabels: Invalid value: %s: %s" % (_go_q(labels[key]), m)
-                   for m in _label_value_errors(labels[key])]
+                   for m in _label_value_errors(labels[key], newer)]
     for index, req in enumerate(selector.get("matchExpressions") or []):
         at = "matchExpressions[%d]" % index
         operator, values = req.get("operator", ""), req.get("values") or []
@@ -687,12 +756,12 @@ def selector_error(selector):
                               "'DoesNotExist'" % at)
         else:
             errors.append("%s.operator: Invalid value: %s: not a valid selector operator" % (at, _go_q(operator)))
-        extended = _extended_key(req.get("key", ""))
+        extended = _extended_key(req.get("key", ""), default_source)
         errors += ["%s.key: Invalid value: %s: %s" % (at, _go_q(extended), m)
-                   for m in _qualified_name_errors(extended)]
+                   for m in _qualified_name_errors(extended, newer)]
         for vindex, value in enumerate(values):
             errors += ["%s.values[%d]: Invalid value: %s: %s" % (at, vindex, _go_q(value), m)
-                       for m in _label_value_errors(value)]
+                       for m in _label_value_errors(value, newer)]
     if not errors:
         return None
     return errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
@@ -710,15 +779,76 @@ def _parse_addr_error(text):
         if char == ".":
             break
         if char == ":":
-            try:
-                ipaddress.IPv6Address(text.split("%", 1)[0])
-                return None
-            except ValueError:
-                return err("unable to parse IP")  # Go has finer IPv6 messages; this is the gist
+            return _parse_ipv6_error(text, err)
         if char == "%":
             return err("missing IPv6 address")
     else:
         return err("unable to parse IP")
+    return _parse_ipv4_error(text, 0, len(text), err)
+
+
+def _parse_ipv6_error(text, err):
+    """Go's ``netip`` IPv6 parser, for its error texts (None when ``text`` parses)."""
+    rest, zone = text, None
+    if "%" in text:
+        rest, zone = text.split("%", 1)
+        if zone == "":
+            return err("zone must be a non-empty string")
+    groups, ellipsis = 0, -1  # in bytes, as Go counts
+    if rest.startswith("::"):
+        ellipsis, rest = 0, rest[2:]
+        if rest == "":
+            return None
+    hexdigits = "0123456789abcdefABCDEF"
+    while groups < 16:
+        off, acc = 0, 0
+        while off < len(rest) and rest[off] in hexdigits:
+            acc = acc * 16 + int(rest[off], 16)
+            if off > 3:
+                return err("each group must have 4 or less digits", rest)
+            if acc > 0xFFFF:
+                return err("IPv6 field has value >=2^16", rest)
+            off += 1
+        if off == 0:
+            return err("each colon-separated field must have at least one digit", rest)
+        if off < len(rest) and rest[off] == ".":
+            if ellipsis < 0 and groups != 12:
+                return err("embedded IPv4 address must replace the final 2 fields of the address", rest)
+            if groups + 4 > 16:
+                return err("too many hex fields to fit an embedded IPv4 at the end of the address", rest)
+            end = len(text) - (len(zone) + 1 if zone else 0)
+            error = _parse_ipv4_error(text, end - len(rest), end, err)
+            if error:
+                return error
+            rest, groups = "", groups + 4
+            break
+        groups += 2
+        rest = rest[off:]
+        if rest == "":
+            break
+        if rest[0] != ":":
+            return err("unexpected character, want colon", rest)
+        if len(rest) == 1:
+            return err("colon must be followed by more characters", rest)
+        rest = rest[1:]
+        if rest[0] == ":":
+            if ellipsis >= 0:
+                return err("multiple :: in address", rest)
+            ellipsis, rest = groups, rest[1:]
+            if rest == "":
+                break
+    if rest != "":
+        return err("trailing garbage after address", rest)
+    if groups < 16 and ellipsis < 0:
+        return err("address string too short")
+    if groups >= 16 and ellipsis >= 0:
+        return err("the :: must expand to at least one field of zeros")
+    return None
+
+
+def _parse_ipv4_error(whole, start, end, err):
+    """Go's ``netip`` IPv4 field parser over ``whole[start:end]``, for its error texts."""
+    text = whole[start:end]
     fields, value, digits = 0, 0, 0
     for index, char in enumerate(text):
         if "0" <= char <= "9":
@@ -814,6 +944,42 @@ def _regexp_error(expr):
     return None
 
 
+# Kafka rules (cilium/proxy ``pkg/policy/api/kafka``, the same in 1.16 to 1.19): API keys by
+# name, the two roles, topic length and characters.
+_KAFKA_API_KEYS = frozenset((
+    "produce", "fetch", "offsets", "metadata", "leaderandisr", "stopreplica", "updatemetadata",
+    "controlledshutdown", "offsetcommit", "offsetfetch", "findcoordinator", "joingroup", "heartbeat",
+    "leavegroup", "syncgroup", "describegroups", "listgroups", "saslhandshake", "apiversions",
+    "createtopics", "deletetopics", "deleterecords", "initproducerid", "offsetforleaderepoch",
+    "addpartitionstotxn", "addoffsetstotxn", "endtxn", "writetxnmarkers", "txnoffsetcommit",
+    "describeacls", "createacls", "deleteacls", "describeconfigs", "alterconfigs"))
+_KAFKA_TOPIC_RE = re.compile(r"[a-zA-Z0-9\\._\-]+")
+_KAFKA_MAX_TOPIC_LEN = 255
+
+
+def _kafka_error(rule):
+    """The agent's Kafka ``PortRule.Sanitize`` message for ``rule`` (a JSON object), or None."""
+    def text(key):
+        value = rule.get(key, "")
+        return value if isinstance(value, str) else ""
+
+    role, api_key, api_version, topic = text("role"), text("apiKey"), text("apiVersion"), text("topic")
+    if api_key and role:
+        return "cannot set both Role %s and APIKey %s together" % (_go_q(role), _go_q(api_key))
+    if api_key and api_key.lower() not in _KAFKA_API_KEYS:
+        return "invalid Kafka APIKey %s" % _go_q(api_key)
+    if role and role.lower() not in ("produce", "consume"):
+        return "invalid Kafka Role %s" % _go_q(role)
+    if api_version and not (re.fullmatch(r"[+-]?[0-9]+", api_version) and 0 <= int(api_version) <= 32767):
+        return "invalid Kafka APIVersion %s" % _go_q(api_version)
+    if topic:
+        if len(topic) > _KAFKA_MAX_TOPIC_LEN:
+            return "kafka topic exceeds maximum len of %d" % _KAFKA_MAX_TOPIC_LEN
+        if not _KAFKA_TOPIC_RE.fullmatch(topic):
+            return "invalid Kafka Topic name %s" % _go_q(topic)
+    return None
+
+
 class _Reject(Exception):
     def __init__(self, message, field):
         super().__init__(message)
@@ -828,12 +994,17 @@ class _RuleChecker:
     unknown (publishing without an agent): checks that depend on them are skipped then.
     """
 
-    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None):
+    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None, patch=None):
         self.minor = minor
+        self.patch = patch
         self.l7_proxy = l7_proxy
         self.node_selector_labels = node_selector_labels
         self.icmp_rules = icmp_rules
-        self.lower = minor >= 19  # 1.19 lower-cased a few messages
+        # The agent lower-cased most validation messages in 1.16.7 and 1.17.0
+        # (docs/upstream.md#rule-validation-per-release-recorded); a minor given without patch
+        # means its latest behaviour.
+        self.lower = at_least(minor, patch, 16, 7)
+        self.protocols = _PROTOCOLS_SINCE_19 if minor >= 19 else _PROTOCOLS
         self.entities = set(_ENTITIES)
         if minor >= 15:
             self.entities.update(_ENTITIES_SINCE_15)
@@ -847,6 +1018,10 @@ class _RuleChecker:
             if first is not None and self.minor < first:
                 raise _Reject("%s is not supported before Cilium 1.%d (this agent would silently ignore "
                               "it)" % (key, first), "%s.%s" % (at, key) if at else key)
+            last = _UNTIL.get((struct, key))
+            if last is not None and self.minor > last:
+                raise _Reject("%s was removed in Cilium 1.%d: the agent refuses it, and a policy file with it "
+                              "stops the agent" % (key, last + 1), "%s.%s" % (at, key) if at else key)
 
     # -- rule ---------------------------------------------------------------------------------
     def rule(self, rule):
@@ -876,7 +1051,7 @@ class _RuleChecker:
             self.peer_item(item, at, "EgressDenyRule", _EGRESS_PEERS, ingress=False, deny=True, host=host)
 
     def selector(self, selector, at):
-        message = selector_error(selector)
+        message = selector_error(selector, newer=self.minor >= 19)
         if message:
             raise _Reject("invalid label selector: " + message, at)
 
@@ -886,7 +1061,7 @@ class _RuleChecker:
         if self.minor < 16:
             for peer in peers:
                 if item.get(peer) == []:
-                    # 1.16 changed the meaning of an explicitly empty peer list (reference §2.3).
+                    # 1.16 changed the meaning of an explicitly empty peer list.
                     raise _Reject("an empty %s list selects every peer before Cilium 1.16 and none since: leave "
                                   "the field out, or write [{}] to mean every endpoint" % peer,
                                   "%s.%s" % (at, peer))
@@ -896,7 +1071,7 @@ class _RuleChecker:
             raise _Reject("%s %s and %s is not supported yet" % (
                 self.case("Combining"), _GO_NAMES.get(present[0], present[0][0].upper() + present[0][1:]),
                 _GO_NAMES.get(present[1], present[1][0].upper() + present[1][1:])), at)
-        if not ingress and item.get("toServices") and item.get("toPorts"):
+        if not ingress and self.minor < 17 and item.get("toServices") and item.get("toPorts"):
             raise _Reject(self.case("Combining") + " ToServices and ToPorts is not supported yet", at)
         port_rules = item.get("toPorts") or []
         l7 = {} if deny else _l7_counts(port_rules)
@@ -908,7 +1083,9 @@ class _RuleChecker:
                               at + ".icmps")
             if port_rules:
                 raise _Reject("The ICMPs block may only be present without ToPorts. Define a separate "
-                              "rule to use ToPorts.", at)
+                              "rule to use ToPorts." if not self.lower else
+                              "the ICMPs block may only be present without ToPorts. Define a separate "
+                              "rule to use ToPorts", at)
         prefix = "from" if ingress else "to"
         for key in (prefix + "Endpoints", prefix + "Requires", prefix + "Nodes"):
             for index, selector in enumerate(item.get(key) or []):
@@ -941,7 +1118,7 @@ class _RuleChecker:
 
     def l7_placement(self, l7, at, ingress, host):
         if host:
-            if self.lower:
+            if self.minor >= 17:
                 if ingress:
                     raise _Reject("L7 policy is not supported on host ingress yet", at)
                 for member in ("HTTP", "Kafka"):
@@ -965,9 +1142,9 @@ class _RuleChecker:
             raise _Reject("ServerNames are not allowed with L7 rules without TLS termination", at + ".serverNames")
         for index, server_name in enumerate(port_rule.get("serverNames") or []):
             if server_name == "":
-                raise _Reject("Empty server name is not allowed", "%s.serverNames[%d]" % (at, index))
+                raise _Reject(self.case("Empty server name is not allowed"), "%s.serverNames[%d]" % (at, index))
         ports = port_rule.get("ports") or []
-        have_zero = self.ports(ports, at, has_dns)
+        have_zero = self.ports(ports, at, has_dns, has_l7=not l7_empty)
         if not l7_empty and not has_dns:
             for index, port in enumerate(ports):
                 protocol = (port.get("protocol") or "ANY").upper()
@@ -986,7 +1163,7 @@ class _RuleChecker:
                 raise _Reject("L7 rules can not be used when a port is 0", at + ".ports")
             self.l7_rules(rules, ports, at + ".rules")
 
-    def ports(self, ports, at, has_dns):
+    def ports(self, ports, at, has_dns, has_l7=False):
         """Checks every PortProtocol; returns whether one of them is port 0."""
         if len(ports) > MAX_PORTS:
             raise _Reject("too many ports, the max is %d" % MAX_PORTS, at + ".ports")
@@ -995,18 +1172,26 @@ class _RuleChecker:
             where = "%s.ports[%d]" % (at, index)
             text = port.get("port", "")
             if text == "":
-                raise _Reject(self.case("Port must be specified"), where + ".port")
+                raise _Reject("port must be specified" if self.minor >= 19 else "Port must be specified",
+                              where + ".port")
             if not _is_iana_service_name(text):
+                if self.minor >= 19 and text != "0" and port.get("protocol") in ("VRRP", "IGMP"):
+                    raise _Reject("port must be empty or 0", where + ".port")
                 value, error = _parse_port_number(text)
                 if error:
                     raise _Reject(self.case("Unable to parse port: ") + error, where + ".port")
                 have_zero = have_zero or value == 0
-                if has_dns and port.get("endPort", 0) > value:
+                if self.minor == 16 and at_least(self.minor, self.patch, 16, 5):
+                    # The 1.16 branch refuses port ranges with any L7 rule from 1.16.5.
+                    if has_l7 and port.get("endPort", 0) > value:
+                        raise _Reject("L7 rules do not support port ranges", where + ".endPort")
+                elif has_dns and port.get("endPort", 0) > value:
                     raise _Reject("DNS rules do not support port ranges", where + ".endPort")
             protocol = port.get("protocol", "")
-            if protocol and protocol.upper() not in _PROTOCOLS:
-                raise _Reject("invalid protocol %s, must be { tcp | udp | sctp | any }" % _go_q(protocol.upper()),
-                              where + ".protocol")
+            if protocol and protocol.upper() not in self.protocols:
+                raise _Reject("invalid protocol %s, must be { %s }" % (
+                    _go_q(protocol.upper()), " | ".join(p.lower() for p in self.protocols[:-1] + ("ANY",))),
+                    where + ".protocol")
         return have_zero
 
     def l7_rules(self, rules, ports, at):
@@ -1031,6 +1216,10 @@ class _RuleChecker:
                         raise _Reject("Secret name missing", mwhere + ".secret")
         if "kafka" in rules:
             kinds += 1
+            for index, kafka in enumerate(rules["kafka"]):
+                error = _kafka_error(kafka)
+                if error:
+                    raise _Reject(error, "%s.kafka[%d]" % (at, index))
         if "dns" in rules:
             if not ports:
                 raise _Reject(self.case("Port 53 must be specified for DNS rules"), at + ".dns")
@@ -1048,12 +1237,15 @@ class _RuleChecker:
         name, pattern = fqdn.get("matchName", ""), fqdn.get("matchPattern", "")
         if selector and name and pattern:
             raise _Reject("only one of MatchName or MatchPattern is allowed in an FQDNSelector", at)
+        # 1.19 names the underscore it has always allowed (docs/upstream.md#rule-validation-per-release-recorded).
         if name and not _FQDN_NAME_RE.fullmatch(name):
-            raise _Reject('Invalid characters in MatchName: "%s". Only 0-9, a-z, A-Z and . and - characters '
-                          'are allowed' % name, at + ".matchName")
+            raise _Reject('Invalid characters in MatchName: "%s". Only 0-9, a-z, A-Z and %s characters '
+                          'are allowed' % (name, "., -, _" if selector and self.minor >= 19 else ". and -"),
+                          at + ".matchName")
         if pattern and not _FQDN_PATTERN_RE.fullmatch(pattern):
-            raise _Reject('Invalid characters in MatchPattern: "%s". Only 0-9, a-z, A-Z and ., - and * '
-                          'characters are allowed' % pattern, at + ".matchPattern")
+            raise _Reject('Invalid characters in MatchPattern: "%s". Only 0-9, a-z, A-Z and %s and * '
+                          'characters are allowed' % (pattern, "., -, _" if self.minor >= 19 else "., -"),
+                          at + ".matchPattern")
 
     # -- CIDR ---------------------------------------------------------------------------------
     def cidr(self, text, at):
@@ -1067,7 +1259,22 @@ class _RuleChecker:
 
     def cidr_rule(self, rule, at):
         self.since("CIDRRule", rule, at)
+        if self.minor >= 17:
+            # Exactly one of cidr, cidrGroupRef, cidrGroupSelector from 1.17
+            # (docs/upstream.md#rule-validation-per-release-recorded).
+            count = sum(1 for key in ("cidr", "cidrGroupRef") if rule.get(key)) + ("cidrGroupSelector" in rule)
+            if "cidrGroupSelector" in rule:
+                message = selector_error(rule["cidrGroupSelector"], default_source="cidrgroup", newer=self.minor >= 19)
+                if message:
+                    raise _Reject("failed to parse cidrGroupSelector %s: invalid label selector: %s" % (
+                        self.go_selector_string(rule["cidrGroupSelector"]), message), at + ".cidrGroupSelector")
+            if count == 0:
+                raise _Reject("one of cidr, cidrGroupRef, or cidrGroupSelector is required", at)
+            if count > 1:
+                raise _Reject("more than one of cidr, cidrGroupRef, or cidrGroupSelector may not be set", at)
         if rule.get("cidrGroupRef") or "cidrGroupSelector" in rule:
+            if self.minor <= 16 and rule.get("except"):
+                raise _Reject("except with cidrGroupRef crashes Cilium 1.16", at + ".except")
             return  # resolved from CiliumCIDRGroups (K8s); nothing to parse
         text = rule.get("cidr", "")
         network, error = _parse_prefix(text)
@@ -1077,16 +1284,37 @@ class _RuleChecker:
             except_net, error = _parse_prefix(excluded)
             if error:
                 raise _Reject(error, "%s.except[%d]" % (at, index))
-            if except_net.version != network.version or except_net.network_address not in network:
+            # The agent checks that the allow prefix contains the exception's address as written.
+            except_addr = ipaddress.ip_address(excluded[:excluded.rfind("/")])
+            if self.minor <= 16 and except_net.prefixlen < network.prefixlen and except_addr in network:
+                # 1.16 crashes computing the remaining prefixes (docs/upstream.md#rule-validation-per-release-recorded).
+                raise _Reject("an except prefix wider than its cidr crashes Cilium 1.16", "%s.except[%d]" % (at, index))
+            if except_addr.version != network.version or except_addr not in network:
                 raise _Reject("allow CIDR prefix %s does not contain exclude CIDR prefix %s" % (text, excluded),
                               "%s.except[%d]" % (at, index))
 
+    def go_selector_string(self, selector):
+        """Go's ``%v`` of a ``LabelSelector`` (the generated ``String()``), as the agent prints it;
+        1.19 prints the selector as JSON."""
+        labels = selector.get("matchLabels") or {}
+        if self.minor >= 19:
+            shown = {key: selector[key] for key in ("matchLabels", "matchExpressions") if selector.get(key)}
+            return json.dumps(shown, separators=(",", ":"), sort_keys=False)
+        text = "&LabelSelector{MatchLabels:map[string]string{"
+        text += "".join("%s: %s," % (key, labels[key]) for key in sorted(labels))
+        text += "},MatchExpressions:[]LabelSelectorRequirement{"
+        for req in selector.get("matchExpressions") or []:
+            text += "LabelSelectorRequirement{Key:%s,Operator:%s,Values:[%s],}," % (
+                req.get("key", ""), req.get("operator", ""), " ".join(req.get("values") or []))
+        return text + "},}"
+
 
 def _l7_empty(rules):
-    """``L7Rules.IsEmpty``: nothing set (an explicit ``"http": []`` is *not* empty)."""
+    """``L7Rules.IsEmpty``: no HTTP, Kafka, DNS or generic L7 rule (empty lists and a lone
+    ``l7proto`` count as nothing; docs/upstream.md#rule-validation-per-release-recorded)."""
     if rules is None:
         return True
-    return not any(k in rules for k in ("http", "kafka", "dns", "l7")) and not rules.get("l7proto")
+    return not any(rules.get(k) for k in ("http", "kafka", "dns", "l7"))
 
 
 def _l7_counts(port_rules):
@@ -1104,21 +1332,22 @@ def _l7_counts(port_rules):
 class ValidationTarget:
     """One agent configuration to validate for: a Cilium minor and the flags, where known."""
 
-    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None):
+    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None, patch=None):
         self.minor = minor
+        self.patch = patch
         self.l7_proxy = l7_proxy
         self.node_selector_labels = node_selector_labels
         self.icmp_rules = icmp_rules
 
     def key(self):
-        return (self.minor, self.l7_proxy, self.node_selector_labels, self.icmp_rules)
+        return (self.minor, self.patch, self.l7_proxy, self.node_selector_labels, self.icmp_rules)
 
 
 def validate_rules(rules, targets):
     """Check normalised ``rules`` for every target; raise PolicyValidationError on the first
     rule that fails, naming it, the field, the agent's message and the versions it fails on."""
-    checkers = [(t.minor, _RuleChecker(t.minor, t.l7_proxy, t.node_selector_labels, t.icmp_rules))
-                for t in sorted(targets, key=lambda t: t.minor)]
+    checkers = [(t.minor, _RuleChecker(t.minor, t.l7_proxy, t.node_selector_labels, t.icmp_rules, t.patch))
+                for t in sorted(targets, key=lambda t: (t.minor, 10 ** 6 if t.patch is None else t.patch))]
     for index, rule in enumerate(rules):
         first, failing = None, []
         for minor, checker in checkers:
@@ -1241,12 +1470,73 @@ def static_header_ref(content):
     return None
 
 
+# Labels the agent adds to peer selectors of a policy file that does not name them (see
+# docs/upstream.md "Cilium: policy", static files); Nomad endpoints carry neither.
+NAMESPACE_LABEL_KEY = "io.kubernetes.pod.namespace"
+CLUSTER_LABEL_KEY = "io.cilium.k8s.policy.cluster"
+_SCOPE_KEYS = (NAMESPACE_LABEL_KEY, CLUSTER_LABEL_KEY)
+_PEER_SELECTOR_FIELDS = (("ingress", "fromEndpoints"), ("ingress", "fromRequires"),
+                         ("ingressDeny", "fromEndpoints"), ("ingressDeny", "fromRequires"),
+                         ("egress", "toEndpoints"), ("egress", "toRequires"),
+                         ("egressDeny", "toEndpoints"), ("egressDeny", "toRequires"))
+
+
+def _selector_keys(selector):
+    """``(source, key)`` of every key a selector names, read as the agent reads them (a key
+    without a source means any source)."""
+    keys = list(selector.get("matchLabels") or {})
+    keys += [expr.get("key") for expr in selector.get("matchExpressions") or [] if isinstance(expr, dict)]
+    return [parse_label(key, "any")[:2] for key in keys if isinstance(key, str)]
+
+
+def _pin_unscoped(selector, skip_reserved):
+    keys = _selector_keys(selector)
+    if skip_reserved and any(source == "reserved" for source, unused in keys):
+        return selector  # the agent leaves selectors of reserved identities alone
+    missing = [key for key in _SCOPE_KEYS if not any(s in ("k8s", "any") and k == key for s, k in keys)]
+    if not missing:
+        return selector
+    selector = dict(selector)
+    selector["matchExpressions"] = list(selector.get("matchExpressions") or []) + [
+        {"key": "k8s:" + key, "operator": "DoesNotExist"} for key in missing]
+    return selector
+
+
+def static_spec(rule):
+    """The rule as written into a policy file: what the agent enforces after loading it is
+    what was published.
+
+    On load the agent adds ``k8s:io.kubernetes.pod.namespace Exists`` (and, with
+    ``--policy-default-local-cluster``, ``k8s:io.cilium.k8s.policy.cluster=<cluster>``) to every
+    ``fromEndpoints``/``toEndpoints``/``fromRequires``/``toRequires`` selector that does not
+    name that key.  Nomad endpoints carry neither label, so such a peer would select nothing.
+    Naming each key with ``DoesNotExist`` makes the agent leave the selector as it is, and
+    changes nothing for endpoints without K8s labels.  The subject and every other peer kind
+    are not rewritten by the agent and stay as published.
+    """
+    out = dict(rule)
+    for section, field in _PEER_SELECTOR_FIELDS:
+        items = out.get(section)
+        if not isinstance(items, list):
+            continue
+        new_items = []
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get(field), list):
+                item = dict(item)
+                item[field] = [_pin_unscoped(sel, field.endswith("Endpoints")) if isinstance(sel, dict) else sel
+                               for sel in item[field]]
+            new_items.append(item)
+        out[section] = new_items
+    return out
+
+
 def render_policy_file(rule, file_name, ref):
     """One clusterwide policy object (one rule) as YAML: clusterwide, because a namespaced
-    CiliumNetworkPolicy gets a namespace selector that matches nothing outside K8s."""
+    CiliumNetworkPolicy gets a namespace selector that matches nothing outside K8s.  Its spec
+    is ``static_spec(rule)``; the header records the published rule's digest."""
     stem = file_name[:-len(STATIC_SUFFIX)]
     document = {"apiVersion": STATIC_API_VERSION, "kind": STATIC_KIND,
-                "metadata": {"name": stem}, "spec": rule}
+                "metadata": {"name": stem}, "spec": static_spec(rule)}
     header = [STATIC_MARKER,
               "# rule: %s  digest: %s" % (json.dumps(ref), rule_digest(rule)),
               "# Published with netreap.cilium.cilium_policy; the agent loads it from --static-cnp-path."]

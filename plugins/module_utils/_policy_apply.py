@@ -176,6 +176,9 @@ def write_atomically(directory, name, content):
 
 
 def files_in_agent(rules):
+    """Names of the policy files the agent has rules from: their labels, or on Cilium 1.19 the
+    ``Labels`` of its ``PolicyEntry`` objects (one or more per rule; every rule 1.17+ accepts has
+    at least one ingress/egress item, so at least one entry): docs/upstream.md#get-policy-in-119-policyentry."""
     names = set()
     for rule in rules:
         value = pol.label_value(rule, pol.DIRECTORY_FILE_KEY, pol.DIRECTORY_SOURCE)

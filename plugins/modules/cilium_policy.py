@@ -82,6 +82,15 @@ options:
         into O(static_policy_dir) (temp file, then rename), then removes files we no longer need, and waits until
         the agent has loaded them. Unlike REST rules, which the agent keeps in memory only, these survive an agent
         restart. When switching methods, the rules left by the other method are removed once the new ones are in place.
+      - "On loading a file the agent adds C(k8s:io.kubernetes.pod.namespace Exists) and (with C(--policy-default-local-cluster),
+        the default from Cilium 1.19) C(k8s:io.cilium.k8s.policy.cluster=<cluster>) to every C(fromEndpoints),
+        C(toEndpoints), C(fromRequires) and C(toRequires) selector that does not name these keys. Nomad endpoints
+        carry neither label, so such selectors would select nothing. The module therefore writes each of these
+        selectors with C(DoesNotExist) for the keys it does not name; the agent leaves them alone and they select
+        exactly the endpoints of the published rule. The Consul key and REST rules stay as published.
+        See C(docs/policy.md)."
+      - The agent's C(GET /v1/policy) shows which files it has loaded; on Cilium 1.19 it lists policy entries
+        (several per rule) instead of rules, and both forms are read.
     type: str
     choices: [auto, replace-with-labels, add-then-delete, static-dir]
     default: auto
@@ -98,7 +107,9 @@ options:
     default: 10
   cilium_versions:
     description:
-      - Cilium versions (C(1.16) or C(1.16.5)) the rules must be valid for.
+      - Cilium versions the rules must be valid for, as a minor (C(1.16)) or a patch release (C(1.16.17)).
+      - A patch release selects the agent's behaviour in that release (Cilium changed the wording of its messages
+        in 1.16.7); a minor alone means the latest release of that minor.
       - When not set, rules are validated for the local agent's version when O(apply=true). When the module only
         publishes or validates, they are validated for every version this collection supports (1.13 to 1.19), which
         suits clusters in the middle of an upgrade. Set this option to allow features of newer versions only.
@@ -332,17 +343,23 @@ def validation_targets(params, agent):
     """The local agent's version with its flags (when applying), plus ``cilium_versions``; every
     supported version when there is neither (publishing or validating for a whole cluster)."""
     try:
-        minors = sorted({pol.parse_version(v) for v in params["cilium_versions"] or []})
+        releases = sorted({pol.parse_release(v) for v in params["cilium_versions"] or []},
+                          key=lambda r: (r[0], 10 ** 6 if r[1] is None else r[1]))
     except ValueError as exc:
         raise PolicyFailure("cilium_versions: %s" % exc)
     targets = []
     if agent is not None and agent["minor"] is not None:
         flags = agent["flags"]
+        try:  # the agent's patch release decides the wording of its messages
+            patch = pol.parse_release(agent["caps"]["version"])[1]
+        except (KeyError, TypeError, ValueError):
+            patch = None
         targets.append(pol.ValidationTarget(agent["minor"], flags.get("EnableL7Proxy"),
-                                            flags.get("EnableNodeSelectorLabels"), flags.get("EnableICMPRules")))
-    elif not minors:
-        minors = list(pol.SUPPORTED_MINORS)
-    return targets + [pol.ValidationTarget(m) for m in minors if m not in {t.minor for t in targets}]
+                                            flags.get("EnableNodeSelectorLabels"), flags.get("EnableICMPRules"),
+                                            patch=patch))
+    elif not releases:
+        releases = [(m, None) for m in pol.SUPPORTED_MINORS]
+    return targets + [pol.ValidationTarget(m, patch=p) for m, p in releases if m not in {t.minor for t in targets}]
 
 
 # -- diff ------------------------------------------------------------------------------------------

@@ -19,7 +19,10 @@ profile (``PROFILES``, 1.13 .. 1.19), and where it knowingly differs from the re
   the failure until a later read succeeds (the agent retries in a controller).
 * Policy repository: ``PUT/DELETE/GET /policy`` with revisions, ``replace`` and
   ``replace-with-labels`` (1.15+), validation through ``policy_rules`` (agent messages), the
-  REST write API removed in 1.19, and the ``--static-cnp-path`` directory (1.16+).
+  REST write API removed in 1.19, and the ``--static-cnp-path`` directory (1.16+), whose files
+  are rewritten on load as the agent does (namespace requirement, and the cluster label per
+  ``--policy-default-local-cluster``, a constructor option with each release's default).  1.19's
+  ``GET /policy`` lists PolicyEntry objects (``policy_entries``).
   ``policy_history`` records every repository state.
 * Rate limiting: a simplification of ``--api-rate-limit`` - the agent *delays* requests and
   answers 429 only when the wait would exceed the limiter's max wait; ``set_rate_limit`` makes
@@ -50,7 +53,8 @@ import yaml
 from . import httpd
 from . import policy_rules as pr
 
-__all__ = ["PROFILES", "CiliumAgentSim", "InMemoryIdentityAllocator", "profile_for"]
+__all__ = ["PROFILES", "CiliumAgentSim", "InMemoryIdentityAllocator", "load_static_file", "parse_to_cilium_rule",
+           "policy_entries", "profile_for", "selects"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +115,11 @@ def _profile(minor, patch):
         # /v1/healthz before every status probe ran once: from 1.18.0 "Not all probes executed
         # at least once" without the version (docs/upstream.md#cilium-healthz-version).
         "probes_pending_status": minor >= 18,
+        # GET /v1/policy lists PolicyEntry objects (docs/upstream.md#get-policy-in-119-policyentry).
+        "policy_entries": minor >= 19,
+        # --policy-default-local-cluster: no such flag before 1.18, default false in 1.18, true in
+        # 1.19 (docs/upstream.md#static-files-peer-selectors-rewritten).
+        "policy_default_local_cluster": None if minor < 18 else minor >= 19,
     }
 
 
@@ -383,7 +392,7 @@ class CiliumAgentSim(httpd.Service):
                  static_policy_dir=None, cluster_name="default", cluster_id=0, node_ip="127.0.0.1",
                  ipv4_range="10.200.1.0/24", label_filter=None, enable_l7_proxy=True,
                  identity_allocator=None, clock=time.time, *, kvstore_options=None,
-                 reserved_endpoints=(), enable_node_selector_labels=False):
+                 reserved_endpoints=(), enable_node_selector_labels=False, policy_default_local_cluster=None):
         super().__init__("cilium/%s" % node_name, log)
         self.node_name = node_name
         self.profile = profile_for(version)
@@ -396,6 +405,12 @@ class CiliumAgentSim(httpd.Service):
             raise ValueError('unknown key-value store type "consul" (Consul support was removed in 1.17)')
         if static_policy_dir is not None and not self.profile["static_policy_dir"]:
             raise ValueError("unknown flag: --static-cnp-path")  # pflag refuses unknown flags
+        if policy_default_local_cluster is None:
+            policy_default_local_cluster = self.profile["policy_default_local_cluster"]
+        elif self.profile["policy_default_local_cluster"] is None:
+            raise ValueError("unknown flag: --policy-default-local-cluster")
+        # None: the release has no such flag (and adds no cluster label to policy files).
+        self.policy_default_local_cluster = policy_default_local_cluster
         self.kvstore = kvstore
         self.kvstore_options = dict(kvstore_options) if kvstore_options else (
             {"etcd.config": "/var/lib/cilium/etcd-config.yml"} if kvstore == "etcd"
@@ -461,6 +476,17 @@ class CiliumAgentSim(httpd.Service):
         self.sync_static_policies()
         with self.lock:
             return [copy.deepcopy(entry["rule"]) for entry in self._rules]
+
+    def static_effective_rules(self):
+        """``{file name: [rules]}``: what the agent enforces from each loaded policy file (the
+        file's rules after the agent's rewrite on load, with the labels it sets)."""
+        self.sync_static_policies()
+        with self.lock:
+            out = {}
+            for entry in self._rules:
+                if entry["source"] == "directory":
+                    out.setdefault(entry["resource"], []).append(copy.deepcopy(entry["rule"]))
+            return out
 
     def seed_policy(self, rules):
         """Put rules into the repository as another client of the agent would (for scenarios).
@@ -1305,6 +1331,10 @@ class CiliumAgentSim(httpd.Service):
         labels = self._labels_body(req)
         with self.lock:
             rules = [e["rule"] for e in self._rules]
+            if self.profile["policy_entries"]:
+                # 1.19: the repository's PolicyEntry objects; no label search.
+                entries = [entry for rule in rules for entry in policy_entries(rule)]
+                return _model({"policy": pr.go_marshal_indent(entries), "revision": self._revision})
             if labels and self.profile["policy_label_search"]:
                 wanted = [pr.parse_select_label(text) for text in labels]
                 rules = [r for r in rules if pr.labels_contain(pr.rule_labels(r), wanted)]
@@ -1393,55 +1423,75 @@ class CiliumAgentSim(httpd.Service):
         self._bump()
 
     def _load_static_file(self, name, data):
-        try:
-            docs = list(yaml.safe_load_all(data.decode("utf-8")))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise _StaticDecodeError("error converting YAML to JSON: yaml: %s" % str(exc).replace("\n", " "))
-        obj = _yaml_to_json(docs[0]) if docs else None  # YAMLToJSON converts the first document only
-        if obj is None:
-            obj = {}
-        if not isinstance(obj, dict):
-            raise _StaticDecodeError("json: cannot unmarshal %s into Go value of type v2.CiliumNetworkPolicy"
-                                     % _json_kind(obj))
-        meta = obj.get("metadata") or {}
-        if not isinstance(meta, dict):
-            raise _StaticDecodeError("json: cannot unmarshal %s into Go struct field CiliumNetworkPolicy.metadata "
-                                     "of type v1.ObjectMeta" % _json_kind(meta))
-        for key in ("name", "namespace"):
-            if meta.get(key) is not None and not isinstance(meta[key], str):
-                raise _StaticDecodeError("json: cannot unmarshal %s into Go struct field ObjectMeta.metadata.%s of "
-                                         "type string" % (_json_kind(meta[key]), key))
-        spec, specs = obj.get("spec"), obj.get("specs")
-        try:
-            decoded_spec = pr.decode_rules([spec], self.profile)[0] if spec is not None else None
-            decoded_specs = pr.decode_rules(specs, self.profile) if specs is not None else None
-        except pr.PolicyDecodeError as exc:
-            raise _StaticDecodeError(exc.message)
-        namespace = meta.get("namespace") or ""
-        kind = "CiliumNetworkPolicy" if namespace else "CiliumClusterwideNetworkPolicy"
-        if not meta.get("name"):
-            raise pr.PolicyError("CiliumNetworkPolicy must have name")
-        if decoded_spec is None and decoded_specs is None:
-            raise pr.PolicyError("Invalid %s spec(s): empty policy" % kind)
-        out = []
-        for which, items in (("spec", [decoded_spec] if decoded_spec is not None else []),
-                             ("specs", decoded_specs or [])):
-            for rule in items:
-                try:
-                    sanitized = pr.validate_decoded([rule], self.profile, self.enable_l7_proxy,
-                                                    self.enable_node_selector_labels)[0]
-                except pr.PolicyError as exc:
-                    raise pr.PolicyError("Invalid %s %s: %s" % (kind, which, exc.message))
-                if namespace and "nodeSelector" in rule:
-                    raise pr.PolicyError("Invalid CiliumNetworkPolicy %s: rule cannot have NodeSelector" % which)
-                if namespace:
-                    sanitized = _scope_to_namespace(sanitized, namespace)
-                labels = [{"key": "filename", "value": name, "source": "directory"}]
-                if namespace:
-                    labels.append({"key": "io.cilium.k8s.policy.namespace", "value": namespace, "source": "directory"})
-                labels.append({"key": "policy-derived-from", "value": kind, "source": "directory"})
-                out.append(_with_labels(sanitized, labels))
-        return out
+        return load_static_file(name, data, self.profile, cluster_name=self.cluster_name,
+                                policy_default_local_cluster=self.policy_default_local_cluster,
+                                enable_l7_proxy=self.enable_l7_proxy,
+                                enable_node_selector_labels=self.enable_node_selector_labels)
+
+
+def load_static_file(name, data, profile, cluster_name="default", policy_default_local_cluster=None,
+                     enable_l7_proxy=True, enable_node_selector_labels=False, enable_icmp_rules=True):
+    """The rules the agent enforces from one ``--static-cnp-path`` file (``data``: its bytes).
+
+    Decode and validate as the agent does, rewrite the selectors as ``ParseToCiliumRule`` does
+    (``parse_to_cilium_rule``), and set the labels the directory watcher sets (it replaces the
+    file's own): docs/upstream.md#static-files-peer-selectors-rewritten.
+    ``policy_default_local_cluster=None`` means the release's default.  Raises
+    ``_StaticDecodeError`` (the agent exits) or ``policy_rules.PolicyError`` (file rejected).
+    """
+    if isinstance(profile, str):
+        profile = profile_for(profile)
+    if policy_default_local_cluster is None:
+        policy_default_local_cluster = profile["policy_default_local_cluster"]
+    policy_cluster = cluster_name if policy_default_local_cluster else ""
+    try:
+        docs = list(yaml.safe_load_all(data.decode("utf-8")))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise _StaticDecodeError("error converting YAML to JSON: yaml: %s" % str(exc).replace("\n", " "))
+    obj = _yaml_to_json(docs[0]) if docs else None  # YAMLToJSON converts the first document only
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise _StaticDecodeError("json: cannot unmarshal %s into Go value of type v2.CiliumNetworkPolicy"
+                                 % _json_kind(obj))
+    meta = obj.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise _StaticDecodeError("json: cannot unmarshal %s into Go struct field CiliumNetworkPolicy.metadata "
+                                 "of type v1.ObjectMeta" % _json_kind(meta))
+    for key in ("name", "namespace"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise _StaticDecodeError("json: cannot unmarshal %s into Go struct field ObjectMeta.metadata.%s of "
+                                     "type string" % (_json_kind(meta[key]), key))
+    spec, specs = obj.get("spec"), obj.get("specs")
+    try:
+        decoded_spec = pr.decode_rules([spec], profile)[0] if spec is not None else None
+        decoded_specs = pr.decode_rules(specs, profile) if specs is not None else None
+    except pr.PolicyDecodeError as exc:
+        raise _StaticDecodeError(exc.message)
+    namespace = meta.get("namespace") or ""
+    kind = "CiliumNetworkPolicy" if namespace else "CiliumClusterwideNetworkPolicy"
+    if not meta.get("name"):
+        raise pr.PolicyError("CiliumNetworkPolicy must have name")
+    if decoded_spec is None and decoded_specs is None:
+        raise pr.PolicyError("Invalid %s spec(s): empty policy" % kind)
+    out = []
+    for which, items in (("spec", [decoded_spec] if decoded_spec is not None else []),
+                         ("specs", decoded_specs or [])):
+        for rule in items:
+            try:
+                sanitized = pr.validate_decoded([rule], profile, enable_l7_proxy,
+                                                enable_node_selector_labels, enable_icmp_rules)[0]
+            except pr.PolicyError as exc:
+                raise pr.PolicyError("Invalid %s %s: %s" % (kind, which, exc.message))
+            if namespace and "nodeSelector" in rule:
+                raise pr.PolicyError("Invalid CiliumNetworkPolicy %s: rule cannot have NodeSelector" % which)
+            sanitized = parse_to_cilium_rule(sanitized, namespace, policy_cluster, profile)
+            labels = [{"key": "filename", "value": name, "source": "directory"}]
+            if namespace:
+                labels.append({"key": "io.cilium.k8s.policy.namespace", "value": namespace, "source": "directory"})
+            labels.append({"key": "policy-derived-from", "value": kind, "source": "directory"})
+            out.append(_with_labels(sanitized, labels))
+    return out
 
 
 class _StaticDecodeError(Exception):
@@ -1449,9 +1499,12 @@ class _StaticDecodeError(Exception):
 
 
 def _yaml_to_json(value):
-    """What ``sigs.k8s.io/yaml.YAMLToJSON`` yields: string keys, timestamps as strings."""
+    """What ``sigs.k8s.io/yaml.YAMLToJSON`` yields: string keys, timestamps as strings, object
+    keys in sorted order (it goes through a Go map), which decides which of two spellings of a
+    field the decoder keeps (the last)."""
     if isinstance(value, dict):
-        return {str(k) if not isinstance(k, bool) else str(k).lower(): _yaml_to_json(v) for k, v in value.items()}
+        items = {str(k) if not isinstance(k, bool) else str(k).lower(): _yaml_to_json(v) for k, v in value.items()}
+        return {k: items[k] for k in sorted(items)}
     if isinstance(value, list):
         return [_yaml_to_json(v) for v in value]
     if hasattr(value, "isoformat"):
@@ -1460,31 +1513,138 @@ def _yaml_to_json(value):
 
 
 _NS_KEY = "k8s:io.kubernetes.pod.namespace"
+_NS_ANY_KEY = "any:io.kubernetes.pod.namespace"
+_CLUSTER_KEY = "k8s:io.cilium.k8s.policy.cluster"
+_CLUSTER_ANY_KEY = "any:io.cilium.k8s.policy.cluster"
+_NS_LABELS_PREFIXES = ("k8s:io.cilium.k8s.namespace.labels", "any:io.cilium.k8s.namespace.labels")
 
 
-def _scope_to_namespace(rule, namespace):
-    """``ParseToCiliumRule`` for a namespaced CNP: the subject and every peer endpoint selector
-    that names no namespace are restricted to the policy's namespace (so a namespaced policy
-    selects nothing on Nomad, whose endpoints carry no K8s namespace label)."""
+def _selector_key_set(sel):
+    return set(sel.get("matchLabels") or {}) | {r["key"] for r in sel.get("matchExpressions") or []}
+
+
+def _add_match(sel, key, value):
+    labels = dict(sel.get("matchLabels") or {})
+    labels[key] = value
+    sel["matchLabels"] = {k: labels[k] for k in sorted(labels)}  # Go marshals map keys sorted
+
+
+def _add_exists(sel, key):
+    sel["matchExpressions"] = list(sel.get("matchExpressions") or []) + [{"key": key, "operator": "Exists"}]
+
+
+def _add_cluster_filter(sel, cluster):
+    """``addClusterFilterByDefault`` (1.18+)."""
+    if cluster and not _selector_key_set(sel) & {_CLUSTER_KEY, _CLUSTER_ANY_KEY}:
+        _add_match(sel, _CLUSTER_KEY, cluster)
+
+
+def _peer_selector(sel, namespace, cluster, reserved_skips, matches_init):
+    """``getEndpointSelector``: docs/upstream.md#static-files-peer-selectors-rewritten."""
+    sel = copy.deepcopy(sel)
+    keys = _selector_key_set(sel)
+    if reserved_skips and any(k.startswith("reserved:") for k in keys):
+        return sel
+    if not keys & {_NS_KEY, _NS_ANY_KEY}:
+        if not namespace:
+            if not matches_init:
+                _add_exists(sel, _NS_KEY)
+        elif not any(k.startswith(_NS_LABELS_PREFIXES) for k in keys):
+            _add_match(sel, _NS_KEY, namespace)
+    _add_cluster_filter(sel, cluster)
+    return sel
+
+
+def parse_to_cilium_rule(rule, namespace, cluster, profile):
+    """``ParseToCiliumRule`` on a sanitised rule (keys ``source:key``): what a policy file's rule
+    becomes in the agent.  ``namespace`` "" = clusterwide; ``cluster`` "" = no cluster label
+    (1.16/1.17, or ``--policy-default-local-cluster`` off).  A namespaced object also confines
+    its subject to its namespace, so it selects nothing on Nomad."""
     rule = copy.deepcopy(rule)
-
-    def scope(sel):
-        keys = set(sel.get("matchLabels", {})) | {r["key"] for r in sel.get("matchExpressions", [])}
-        if any(k.endswith(":io.kubernetes.pod.namespace") or k.startswith("reserved:") for k in keys):
-            return
-        labels = dict(sel.get("matchLabels", {}))
-        labels[_NS_KEY] = namespace
-        sel["matchLabels"] = {k: labels[k] for k in sorted(labels)}
-
-    if "endpointSelector" in rule:
-        scope(rule["endpointSelector"])
-    for direction, peers in (("ingress", ("fromEndpoints", "fromRequires")), ("ingressDeny", ("fromEndpoints",)),
-                             ("egress", ("toEndpoints", "toRequires")), ("egressDeny", ("toEndpoints",))):
-        for item in rule.get(direction, []):
+    subject = rule.get("endpointSelector")
+    matches_init = subject is not None and "reserved:init" in _selector_key_set(subject)
+    if namespace and subject is not None:
+        keys = _selector_key_set(subject)
+        if not any(k.endswith(":io.kubernetes.pod.namespace") or k.startswith("reserved:") for k in keys):
+            _add_match(subject, _NS_KEY, namespace)
+    if profile["policy_default_local_cluster"] is None:
+        cluster = ""  # no such flag before 1.18
+    # Deny items share the common rule parser, fromRequires/toRequires included.
+    for direction, peers in (("ingress", ("fromEndpoints", "fromRequires")),
+                             ("ingressDeny", ("fromEndpoints", "fromRequires")),
+                             ("egress", ("toEndpoints", "toRequires")), ("egressDeny", ("toEndpoints", "toRequires"))):
+        for item in rule.get(direction) or []:
             for peer in peers:
-                for sel in item.get(peer, []):
-                    scope(sel)
+                if peer.endswith("Requires") and profile["minor"] >= 19:
+                    item.pop(peer, None)  # 1.19's parser does not copy them (always empty strings)
+                elif item.get(peer) is not None:
+                    # 1.16-1.18 skip reserved selectors only for *Endpoints (addK8sPrefix).
+                    item[peer] = [_peer_selector(sel, namespace, cluster, peer.endswith("Endpoints"), matches_init)
+                                  for sel in item[peer]]
+            for peer in ("fromNodes", "toNodes"):
+                for sel in item.get(peer) or []:
+                    # reserved:remote-node Exists, then the cluster filter (utils.go, 1.16 .. 1.19)
+                    _add_exists(sel, "reserved:remote-node")
+                    _add_cluster_filter(sel, cluster)
     return rule
+
+
+def policy_entries(rule):
+    """Cilium 1.19's ``RulesToPolicyEntries`` for one (effective) rule, as ``GET /v1/policy``
+    marshals them: docs/upstream.md#get-policy-in-119-policyentry.  The ``L3`` of entities,
+    CIDRs and FQDNs and the ``L4`` of ICMP rules are simplified (UNCONFIRMED exact form; the
+    collection reads only ``Labels``)."""
+    node = "nodeSelector" in rule
+    subject = rule.get("nodeSelector") if node else rule.get("endpointSelector")
+    default_deny = rule.get("enableDefaultDeny") or {}
+    labels = [{k: lbl[k] for k in ("key", "value", "source") if lbl.get(k) or k != "value"}
+              for lbl in rule.get("labels") or []]
+    out = []
+    for section, ingress, verdict in (("ingress", True, 0), ("ingressDeny", True, 1),
+                                      ("egress", False, 0), ("egressDeny", False, 1)):
+        for item in rule.get(section) or []:
+            l3 = []
+            empty = False
+            for peer in ("fromEndpoints", "toEndpoints", "fromNodes", "toNodes", "fromEntities", "toEntities",
+                         "fromCIDR", "toCIDR", "fromCIDRSet", "toCIDRSet", "toFQDNs"):
+                if peer not in item:
+                    continue
+                values = item[peer]
+                if not values and peer != "toFQDNs":
+                    empty = True  # an explicitly empty peer list selects nothing
+                for value in values:
+                    if peer.endswith(("Endpoints", "Nodes")):
+                        l3.append(value)
+                    elif peer.endswith("Entities"):
+                        l3.append({"matchLabels": {"reserved:%s" % value: ""}})
+                    elif peer.endswith("CIDRSet"):
+                        l3.append("cidr:%s" % value.get("cidr", value.get("cidrGroupRef", "")))
+                    elif peer.endswith("CIDR"):
+                        l3.append("cidr:%s" % value)
+                    else:
+                        l3.append(value.get("matchName") or value.get("matchPattern"))
+            ports = list(item.get("toPorts") or [])
+            ports += [{"ports": [{"port": str(f.get("type")), "protocol": "ICMP"}]}
+                      for icmp in item.get("icmps") or [] for f in icmp.get("fields") or []]
+            out.append({
+                "Tier": 0, "Priority": 0,
+                "Authentication": item.get("authentication") if verdict == 0 else None,
+                "Log": rule.get("log") or {},
+                "Subject": subject,
+                "L3": None if empty else l3,
+                "L4": ports or None,
+                "Labels": labels,
+                "DefaultDeny": default_deny.get("ingress" if ingress else "egress", True) is not False,
+                "Verdict": verdict, "Ingress": ingress, "Node": node,
+            })
+    return out
+
+
+def selects(selector, labels):
+    """Does an effective selector (keys ``source:key``) select an endpoint with ``labels``
+    (``"source:key=value"`` strings or ``(source, key, value)``)?"""
+    triples = [pr.parse_label(lbl) if isinstance(lbl, str) else tuple(lbl) for lbl in labels]
+    return pr.selector_matches(selector, triples)
 
 
 def _with_labels(rule, labels):

@@ -115,11 +115,11 @@ def labels_kvstore_key(labels):
     return "".join("%s:%s=%s;" % by_key[k] for k in sorted(by_key))
 
 
-def _extended_key(key):
+def _extended_key(key, default_source=SOURCE_ANY):
     """``GetExtendedKeyFrom``: ``src:key`` => ``src.key``; no source => ``any.key``."""
     src, rest = _parse_source(key, ":")
     if not src:
-        src = SOURCE_ANY
+        src = default_source
     idx = rest.find("=")
     if idx >= 0:
         rest = rest[:idx]
@@ -214,16 +214,19 @@ def _regex_error(msg, fmt, *examples):
     return out + "regex used for validation is '" + fmt + "')"
 
 
-def is_dns1123_subdomain(value):
+def is_dns1123_subdomain(value, unit="characters"):
     errs = []
     if len(value) > 253:
-        errs.append("must be no more than 253 characters")
+        errs.append("must be no more than 253 %s" % unit)
     if not re.fullmatch(_DNS1123_SUB_FMT, value):
         errs.append(_regex_error(_DNS1123_SUB_MSG, _DNS1123_SUB_FMT, "example.com"))
     return errs
 
 
-def _is_qualified_name(value):
+def _is_qualified_name(value, newer=False):
+    """apimachinery ``IsQualifiedName``; ``newer``: the apimachinery Cilium 1.19 vendors
+    ("a valid label key", lengths in bytes)."""
+    unit = "bytes" if newer else "characters"
     errs = []
     parts = value.split("/")
     if len(parts) == 1:
@@ -233,29 +236,30 @@ def _is_qualified_name(value):
         if not prefix:
             errs.append("prefix part must be non-empty")
         else:
-            errs.extend("prefix part " + m for m in is_dns1123_subdomain(prefix))
+            errs.extend("prefix part " + m for m in is_dns1123_subdomain(prefix, unit))
     else:
-        return ["a qualified name " + _regex_error(_QNAME_MSG, _QNAME_FMT, "MyName", "my.name", "123-abc")
+        head = "a valid label key " if newer else "a qualified name "
+        return [head + _regex_error(_QNAME_MSG, _QNAME_FMT, "MyName", "my.name", "123-abc")
                 + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
     if not name:
         errs.append("name part must be non-empty")
     elif len(name) > 63:
-        errs.append("name part must be no more than 63 characters")
+        errs.append("name part must be no more than 63 %s" % unit)
     if not re.fullmatch(_QNAME_FMT, name):
         errs.append("name part " + _regex_error(_QNAME_MSG, _QNAME_FMT, "MyName", "my.name", "123-abc"))
     return errs
 
 
-def _is_valid_label_value(value):
+def _is_valid_label_value(value, newer=False):
     errs = []
     if len(value) > 63:
-        errs.append("must be no more than 63 characters")
+        errs.append("must be no more than 63 %s" % ("bytes" if newer else "characters"))
     if not re.fullmatch(_LABEL_VALUE_FMT, value):
         errs.append(_regex_error(_LABEL_VALUE_MSG, _LABEL_VALUE_FMT, "MyValue", "my_value", "12345"))
     return errs
 
 
-def _validate_label_selector(extended_selector):
+def _validate_label_selector(extended_selector, newer=False):
     """``ValidateLabelSelector(sel, {AllowInvalidLabelValueInSelector: false}, nil)``.
 
     Keys are validated in their extended form (``any.app``) as the agent does after source
@@ -264,9 +268,10 @@ def _validate_label_selector(extended_selector):
     errs = []
     for key in sorted(extended_selector.get("matchLabels") or {}):  # Go map order is random
         value = extended_selector["matchLabels"][key]
-        errs.extend('matchLabels: Invalid value: %s: %s' % (_go_quote(key), m) for m in _is_qualified_name(key))
+        errs.extend('matchLabels: Invalid value: %s: %s' % (_go_quote(key), m)
+                    for m in _is_qualified_name(key, newer))
         errs.extend('matchLabels: Invalid value: %s: %s' % (_go_quote(value), m)
-                    for m in _is_valid_label_value(value))
+                    for m in _is_valid_label_value(value, newer))
     for i, req in enumerate(extended_selector.get("matchExpressions") or []):
         path = "matchExpressions[%d]" % i
         op = req.get("operator", "")
@@ -281,10 +286,11 @@ def _validate_label_selector(extended_selector):
         else:
             errs.append("%s.operator: Invalid value: %s: not a valid selector operator" % (path, _go_quote(op)))
         key = req.get("key", "")
-        errs.extend("%s.key: Invalid value: %s: %s" % (path, _go_quote(key), m) for m in _is_qualified_name(key))
+        errs.extend("%s.key: Invalid value: %s: %s" % (path, _go_quote(key), m)
+                    for m in _is_qualified_name(key, newer))
         for j, value in enumerate(values):
             errs.extend("%s.values[%d]: Invalid value: %s: %s" % (path, j, _go_quote(value), m)
-                        for m in _is_valid_label_value(value))
+                        for m in _is_valid_label_value(value, newer))
     if not errs:
         return None
     if len(errs) == 1:
@@ -297,38 +303,100 @@ def _validate_label_selector(extended_selector):
 # --------------------------------------------------------------------------------------------
 
 def _go_parse_addr_error(text):
-    """Error text of Go ``netip.ParseAddr(text)`` or None when it parses."""
-    try:
-        ipaddress.ip_address(text)
-        return None
-    except ValueError:
-        pass
-    prefix = "ParseAddr(%s): " % _go_quote(text)
-    first = re.search(r"[.:%]", text)
-    if text == "" or first is None:
-        return prefix + "unable to parse IP"
-    if first.group(0) != ".":
-        return prefix + "unable to parse IP"  # IPv6 messages are more varied; this is the generic one
-    fields, digits = 0, ""
+    """Error text of Go ``netip.ParseAddr(text)`` (go/src/net/netip/netip.go) or None."""
+    head = "ParseAddr(%s): " % _go_quote(text)
+
+    def err(msg, at=None):
+        return head + msg + (" (at %s)" % _go_quote(at) if at is not None else "")
+
+    for ch in text:
+        if ch == ".":
+            return _go_ipv4_error(text, 0, len(text), err)
+        if ch == ":":
+            return _go_ipv6_error(text, err)
+        if ch == "%":
+            return err("missing IPv6 address")
+    return err("unable to parse IP")
+
+
+def _go_ipv4_error(whole, start, end, err):
+    text = whole[start:end]
+    fields, value, ndigits = 0, 0, 0
     for i, ch in enumerate(text):
-        if ch.isdigit():
-            if digits == "0":
-                return prefix + "IPv4 field has octet with leading zero"
-            digits += ch
-            if int(digits) > 255:
-                return prefix + "IPv4 field has value >255"
+        if "0" <= ch <= "9":
+            if ndigits == 1 and value == 0:
+                return err("IPv4 field has octet with leading zero")
+            value, ndigits = value * 10 + int(ch), ndigits + 1
+            if value > 255:
+                return err("IPv4 field has value >255")
         elif ch == ".":
-            if not digits:
-                return prefix + "IPv4 field must have at least one digit (at %s)" % _go_quote(text[i:])
-            fields += 1
-            if fields > 3:
-                return prefix + "IPv4 address too long"
-            digits = ""
+            if i == 0 or i == len(text) - 1 or text[i - 1] == ".":
+                return err("IPv4 field must have at least one digit", text[i:])
+            if fields == 3:
+                return err("IPv4 address too long")
+            fields, value, ndigits = fields + 1, 0, 0
         else:
-            return prefix + "unexpected character (at %s)" % _go_quote(text[i:])
-    if fields < 3 or not digits:
-        return prefix + "IPv4 address too short"
-    return prefix + "unable to parse IP"
+            return err("unexpected character", text[i:])
+    if fields < 3:
+        return err("IPv4 address too short")
+    return None
+
+
+def _go_ipv6_error(text, err):
+    rest, zone = text, ""
+    if "%" in text:
+        rest, zone = text.split("%", 1)
+        if not zone:
+            return err("zone must be a non-empty string")
+    count, ellipsis = 0, -1
+    if rest.startswith("::"):
+        ellipsis, rest = 0, rest[2:]
+        if not rest:
+            return None
+    while count < 16:
+        off, acc = 0, 0
+        while off < len(rest) and rest[off] in "0123456789abcdefABCDEF":
+            acc = acc * 16 + int(rest[off], 16)
+            if off > 3:
+                return err("each group must have 4 or less digits", rest)
+            if acc > 0xFFFF:
+                return err("IPv6 field has value >=2^16", rest)
+            off += 1
+        if off == 0:
+            return err("each colon-separated field must have at least one digit", rest)
+        if off < len(rest) and rest[off] == ".":
+            if ellipsis < 0 and count != 12:
+                return err("embedded IPv4 address must replace the final 2 fields of the address", rest)
+            if count + 4 > 16:
+                return err("too many hex fields to fit an embedded IPv4 at the end of the address", rest)
+            end = len(text) - (len(zone) + 1 if zone else 0)
+            bad = _go_ipv4_error(text, end - len(rest), end, err)
+            if bad:
+                return bad
+            rest, count = "", count + 4
+            break
+        count += 2
+        rest = rest[off:]
+        if not rest:
+            break
+        if rest[0] != ":":
+            return err("unexpected character, want colon", rest)
+        if len(rest) == 1:
+            return err("colon must be followed by more characters", rest)
+        rest = rest[1:]
+        if rest[0] == ":":
+            if ellipsis >= 0:
+                return err("multiple :: in address", rest)
+            ellipsis, rest = count, rest[1:]
+            if not rest:
+                break
+    if rest:
+        return err("trailing garbage after address", rest)
+    if count < 16 and ellipsis < 0:
+        return err("address string too short")
+    if count >= 16 and ellipsis >= 0:
+        return err("the :: must expand to at least one field of zeros")
+    return None
 
 
 def _go_parse_prefix(text):
@@ -425,10 +493,10 @@ _STRUCTS = {
         ("labels", ("list", "label"), 0),
         ("enableDefaultDeny", ("struct", "DefaultDenyConfig"), 16),
         ("description", "str", 0),
-        ("log", "any", 18),
+        ("log", ("struct", "LogConfig"), 18),
     ],
     "IngressRule": [
-        ("fromEndpoints", ("list", "selector"), 0), ("fromRequires", ("list", "selector"), 0),
+        ("fromEndpoints", ("list", "selector"), 0), ("fromRequires", "requires", 0),
         ("fromCIDR", ("list", "str"), 0), ("fromCIDRSet", ("list", ("struct", "CIDRRule")), 0),
         ("fromEntities", ("list", "str"), 0), ("fromGroups", ("list", "any"), 0),
         ("fromNodes", ("list", "selector"), 16),
@@ -436,14 +504,14 @@ _STRUCTS = {
         ("authentication", "any", 14),
     ],
     "IngressDenyRule": [
-        ("fromEndpoints", ("list", "selector"), 0), ("fromRequires", ("list", "selector"), 0),
+        ("fromEndpoints", ("list", "selector"), 0), ("fromRequires", "requires", 0),
         ("fromCIDR", ("list", "str"), 0), ("fromCIDRSet", ("list", ("struct", "CIDRRule")), 0),
         ("fromEntities", ("list", "str"), 0), ("fromGroups", ("list", "any"), 0),
         ("fromNodes", ("list", "selector"), 16),
         ("toPorts", ("list", ("struct", "PortDenyRule")), 0), ("icmps", ("list", ("struct", "ICMPRule")), 0),
     ],
     "EgressRule": [
-        ("toEndpoints", ("list", "selector"), 0), ("toRequires", ("list", "selector"), 0),
+        ("toEndpoints", ("list", "selector"), 0), ("toRequires", "requires", 0),
         ("toCIDR", ("list", "str"), 0), ("toCIDRSet", ("list", ("struct", "CIDRRule")), 0),
         ("toEntities", ("list", "str"), 0), ("toServices", ("list", "any"), 0),
         ("toGroups", ("list", "any"), 0), ("toNodes", ("list", "selector"), 16),
@@ -451,7 +519,7 @@ _STRUCTS = {
         ("icmps", ("list", ("struct", "ICMPRule")), 0), ("authentication", "any", 14),
     ],
     "EgressDenyRule": [
-        ("toEndpoints", ("list", "selector"), 0), ("toRequires", ("list", "selector"), 0),
+        ("toEndpoints", ("list", "selector"), 0), ("toRequires", "requires", 0),
         ("toCIDR", ("list", "str"), 0), ("toCIDRSet", ("list", ("struct", "CIDRRule")), 0),
         ("toEntities", ("list", "str"), 0), ("toServices", ("list", "any"), 0),
         ("toGroups", ("list", "any"), 0), ("toNodes", ("list", "selector"), 16),
@@ -478,7 +546,21 @@ _STRUCTS = {
     "ICMPRule": [("fields", ("list", ("struct", "ICMPField")), 0)],
     "ICMPField": [("family", "str", 0), ("type", "intstr", 0)],
     "DefaultDenyConfig": [("ingress", "bool", 0), ("egress", "bool", 0)],
+    "LogConfig": [("value", "str", 0)],
 }
+
+# ICMP type names per family (pkg/policy/api/icmp.go, the same in 1.16 .. 1.19).
+_ICMP4_NAMES = {"EchoReply", "DestinationUnreachable", "Redirect", "Echo", "EchoRequest", "RouterAdvertisement",
+                "RouterSelection", "TimeExceeded", "ParameterProblem", "Timestamp", "TimestampReply", "Photuris",
+                "ExtendedEchoRequest", "ExtendedEchoReply"}
+_ICMP6_NAMES = {"DestinationUnreachable", "PacketTooBig", "TimeExceeded", "ParameterProblem", "EchoRequest",
+                "EchoReply", "MulticastListenerQuery", "MulticastListenerReport", "MulticastListenerDone",
+                "RouterSolicitation", "RouterAdvertisement", "NeighborSolicitation", "NeighborAdvertisement",
+                "RedirectMessage", "RouterRenumbering", "ICMPNodeInformationQuery", "ICMPNodeInformationResponse",
+                "InverseNeighborDiscoverySolicitation", "InverseNeighborDiscoveryAdvertisement",
+                "HomeAgentAddressDiscoveryRequest", "HomeAgentAddressDiscoveryReply", "MobilePrefixSolicitation",
+                "MobilePrefixAdvertisement", "DuplicateAddressRequestCodeSuffix",
+                "DuplicateAddressConfirmationCodeSuffix", "ExtendedEchoRequest", "ExtendedEchoReply"}
 
 # Go type names, for decode error texts only.
 _GO_TYPES = {"str": "string", "int32": "int32", "bool": "bool", "strmap": "map[string]string",
@@ -515,6 +597,11 @@ class _Decoder:
             return value if value is not None else _ABSENT
         if typ == "selector":
             return self.decode_selector(value, where)
+        if typ == "requires":
+            # 1.19: fromRequires/toRequires became []string (always empty); a selector fails.
+            if self.minor >= 19:
+                return self.decode(("list", "str"), value, where)
+            return self.decode(("list", "selector"), value, where)
         if typ == "label":
             return self.decode_label(value)
         if value is None:
@@ -578,7 +665,21 @@ class _Decoder:
                 out.pop(field[0], None)
             else:
                 out[field[0]] = decoded
+        if name == "ICMPField":
+            self.icmp_field(out)
         return out
+
+    @staticmethod
+    def icmp_field(field):
+        """``ICMPField.UnmarshalJSON`` (``pkg/policy/api/icmp.go``): a missing type crashes the
+        agent; a type name must exist for the family."""
+        if field.get("type") is None:
+            raise PolicyDecodeError("panic: runtime error: invalid memory address or nil pointer dereference")
+        kind = field["type"]
+        if isinstance(kind, str) and kind != "0" and not re.fullmatch(r"[+-]?[0-9]+", kind):
+            table = _ICMP6_NAMES if field.get("family") == "IPv6" else _ICMP4_NAMES
+            if kind not in table:
+                raise PolicyDecodeError("ICMP type %s not found in %s" % (kind, field.get("family", "")))
 
     def decode_selector(self, value, where):
         # EndpointSelector.UnmarshalJSON allocates a LabelSelector before decoding, so even
@@ -693,17 +794,61 @@ _ICMP_WITH_PORTS = "The ICMPs block may only be present without ToPorts. Define 
 
 
 def _l7_rules_empty(rules):
-    """``L7Rules.IsEmpty``: nil, or every member nil (an explicit ``"http": []`` is *not* empty)."""
+    """``L7Rules.IsEmpty``: ``Len() == 0``, the number of HTTP, Kafka, DNS and generic L7 rules
+    (``pkg/policy/api/l4.go``; empty lists and a lone ``l7proto`` count as nothing)."""
     if rules is None:
         return True
-    return not any(k in rules for k in ("http", "kafka", "dns", "l7")) and not rules.get("l7proto")
+    return not any(rules.get(k) for k in ("http", "kafka", "dns", "l7"))
+
+
+def _patch_of(profile):
+    """The patch number of the profile's ``full_version`` (``1.16.9`` -> 9); a profile without
+    one stands for the newest release of its minor."""
+    parts = str(profile.get("full_version") or "").split("-", maxsplit=1)[0].split(".")
+    return int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 10 ** 6
+
+
+# Kafka rules: cilium/proxy pkg/policy/api/kafka (PortRule.Sanitize), the same in 1.16 .. 1.19.
+_KAFKA_API_KEYS = {
+    "produce", "fetch", "offsets", "metadata", "leaderandisr", "stopreplica", "updatemetadata",
+    "controlledshutdown", "offsetcommit", "offsetfetch", "findcoordinator", "joingroup", "heartbeat",
+    "leavegroup", "syncgroup", "describegroups", "listgroups", "saslhandshake", "apiversions", "createtopics",
+    "deletetopics", "deleterecords", "initproducerid", "offsetforleaderepoch", "addpartitionstotxn",
+    "addoffsetstotxn", "endtxn", "writetxnmarkers", "txnoffsetcommit", "describeacls", "createacls",
+    "deleteacls", "describeconfigs", "alterconfigs"}
+
+
+def _kafka_sanitize(rule):
+    role, key = rule.get("role", ""), rule.get("apiKey", "")
+    version, topic = rule.get("apiVersion", ""), rule.get("topic", "")
+    if key and role:
+        raise PolicyError("cannot set both Role %s and APIKey %s together" % (_go_quote(role), _go_quote(key)))
+    if key and key.lower() not in _KAFKA_API_KEYS:
+        raise PolicyError("invalid Kafka APIKey %s" % _go_quote(key))
+    if role and role.lower() not in ("produce", "consume"):
+        raise PolicyError("invalid Kafka Role %s" % _go_quote(role))
+    if version and not (re.fullmatch(r"[+-]?\d+", version) and 0 <= int(version) <= 32767):
+        raise PolicyError("invalid Kafka APIVersion %s" % _go_quote(version))
+    if topic:
+        if len(topic) > 255:
+            raise PolicyError("kafka topic exceeds maximum len of 255")
+        if not re.fullmatch(r"[a-zA-Z0-9\\._\-]+", topic):
+            raise PolicyError("invalid Kafka Topic name %s" % _go_quote(topic))
 
 
 class _Validator:
     def __init__(self, profile, enable_l7_proxy, enable_node_selector_labels, enable_icmp_rules):
         self.profile = profile
         self.minor = profile["minor"]
-        self.lower = bool(profile.get("lowercase_combining"))  # 1.19 message style
+        patch = _patch_of(profile)
+        # 1.19 validates with IngressCommonRule/EgressCommonRule.Validate (structure below).
+        self.newest = bool(profile.get("lowercase_combining"))
+        # Messages lower-cased in 1.16.7 and 1.17.0 (docs/upstream.md#rule-validation-per-release-recorded).
+        self.lower = self.minor > 16 or (self.minor == 16 and patch >= 7)
+        # 1.16.5+ (1.16 branch only) refuses port ranges with any L7 rule.
+        self.l7_port_ranges = self.minor == 16 and patch >= 5
+        # Host-policy L7 checks per direction from 1.17; one message before.
+        self.host_split = self.minor >= 17
         self.l7_proxy = enable_l7_proxy
         self.node_labels = enable_node_selector_labels
         self.icmp = enable_icmp_rules
@@ -726,7 +871,7 @@ class _Validator:
             extended["matchLabels"] = {_extended_key(k): v for k, v in sel["matchLabels"].items()}
         if "matchExpressions" in sel:
             extended["matchExpressions"] = [dict(r, key=_extended_key(r["key"])) for r in sel["matchExpressions"]]
-        err = _validate_label_selector(extended)
+        err = _validate_label_selector(extended, newer=self.newest)
         if err:
             raise PolicyError("invalid label selector: " + err)
 
@@ -745,17 +890,19 @@ class _Validator:
         host = has_ns
         if host:
             self.selector(rule["nodeSelector"])
-        validate_deny = self.profile.get("validate_deny_rules")
+        # IngressDeny/EgressDeny validation: 1.17, backported to 1.16.7
+        # (docs/upstream.md#rule-validation-per-release-recorded).
+        validate_deny = self.profile.get("validate_deny_rules") or self.lower
         for item in rule.get("ingress", []):
             self.ingress(item, host)
-            if host and not self.lower and self.l7_members(item.get("toPorts")):
+            if host and not self.host_split and self.l7_members(item.get("toPorts")):
                 raise PolicyError("host policies do not support L7 rules yet")
         if validate_deny:
             for item in rule.get("ingressDeny", []):
                 self.deny(item, _INGRESS_L3, ingress=True)
         for item in rule.get("egress", []):
             self.egress(item, host)
-            if host and not self.lower and self.l7_members(item.get("toPorts")):
+            if host and not self.host_split and self.l7_members(item.get("toPorts")):
                 raise PolicyError("host policies do not support L7 rules yet")
         if validate_deny:
             for item in rule.get("egressDeny", []):
@@ -814,7 +961,7 @@ class _Validator:
         if item.get("icmps") and not self.icmp:
             raise PolicyError('ICMP rules can only be applied when the "enable-icmp-rules" flag is set')
         if item.get("icmps") and item.get("toPorts"):
-            raise PolicyError(_ICMP_WITH_PORTS)
+            raise PolicyError(self.msg(_ICMP_WITH_PORTS, _ICMP_WITH_PORTS[0].lower() + _ICMP_WITH_PORTS[1:-1]))
 
     def icmp_fields(self, item):
         for icmp in item.get("icmps", []):
@@ -828,7 +975,7 @@ class _Validator:
 
     def l7_checks(self, item, direction, host):
         l7 = self.l7_members(item.get("toPorts"))
-        if self.lower and host and direction == "ingress" and l7:
+        if self.host_split and host and direction == "ingress" and l7:
             raise PolicyError("L7 policy is not supported on host ingress yet")
         if l7 and not self.l7_proxy:
             raise PolicyError("L7 policy is not supported since L7 proxy is not enabled")
@@ -837,11 +984,11 @@ class _Validator:
                 continue
             if direction == "ingress" and member == "DNS":
                 raise PolicyError("L7 protocol DNS is not supported on ingress yet")
-            if direction == "egress" and self.lower and host and member != "DNS":
+            if direction == "egress" and self.host_split and host and member != "DNS":
                 raise PolicyError("L7 protocol %s is not supported on host egress yet" % member)
 
     def ingress(self, item, host):
-        if self.lower:
+        if self.newest:
             self.common_newest(item, _INGRESS_L3, "fromNodes")
             self.l7_checks(item, "ingress", host)
             self.icmp_checks(item)
@@ -872,10 +1019,8 @@ class _Validator:
             raise PolicyError(ret)
 
     def egress(self, item, host):
-        if self.lower:
+        if self.newest:
             self.common_newest(item, _EGRESS_L3, "toNodes")
-            if item.get("toServices") and item.get("toPorts"):
-                raise PolicyError("combining ToServices and ToPorts is not supported yet")
             self.l7_checks(item, "egress", host)
             self.icmp_checks(item)
             for pr in item.get("toPorts", []):
@@ -885,8 +1030,9 @@ class _Validator:
                 self.fqdn(fqdn)
             return
         self.l3_combining(item, _EGRESS_L3)
-        if item.get("toServices") and item.get("toPorts"):
-            raise PolicyError("Combining ToServices and ToPorts is not supported yet")
+        # toServices with toPorts is accepted from 1.17 (docs/upstream.md#rule-validation-per-release-recorded).
+        if self.minor < 17 and item.get("toServices") and item.get("toPorts"):
+            raise PolicyError(self.combining("ToServices", "ToPorts"))
         self.l7_checks(item, "egress", host)
         self.icmp_checks(item)
         ret = _NODE_SELECTOR_ERR if (item.get("toNodes") and not self.node_labels) else None
@@ -913,7 +1059,7 @@ class _Validator:
     def deny(self, item, members, ingress):
         """IngressDeny/EgressDeny validation (PR #36598, 1.17; backported to late 1.16.x)."""
         nodes_key = "fromNodes" if ingress else "toNodes"
-        if self.lower:
+        if self.newest:
             self.common_newest(item, members, nodes_key)
         else:
             self.l3_combining(item, members)
@@ -950,13 +1096,13 @@ class _Validator:
         if pr.get("serverNames") and not rules_empty and "terminatingTLS" not in pr:
             raise PolicyError("ServerNames are not allowed with L7 rules without TLS termination")
         if "" in pr.get("serverNames", []):
-            raise PolicyError("Empty server name is not allowed")
+            raise PolicyError(self.msg("Empty server name is not allowed", "empty server name is not allowed"))
         ports = pr.get("ports", [])
         if len(ports) > _MAX_PORTS:
             raise PolicyError("too many ports, the max is %d" % _MAX_PORTS)
         have_zero = False
         for pp in ports:
-            if self.port_protocol(pp, has_dns):
+            if self.port_protocol(pp, has_dns, has_l7=not rules_empty):
                 have_zero = True
             proto = (pp.get("protocol") or "ANY").upper()
             if not rules_empty and not has_dns and proto != "TCP":
@@ -973,24 +1119,32 @@ class _Validator:
                 raise PolicyError("L7 rules can not be used when a port is 0")
             self.l7_rules(rules, ports)
 
-    def port_protocol(self, pp, has_dns):
+    def port_protocol(self, pp, has_dns, has_l7=False):
         """Returns True for port 0."""
         port = pp.get("port", "")
         is_zero = False
         if port == "":
-            raise PolicyError(self.msg("Port must be specified", "port must be specified"))
+            # "port must be specified" in 1.19 (rule_validation.go); capitalised before.
+            raise PolicyError("port must be specified" if self.newest else "Port must be specified")
         if not _is_iana_svc_name(port):
+            if self.newest and port != "0" and pp.get("protocol") in ("VRRP", "IGMP"):
+                raise PolicyError("port must be empty or 0")
             value, err = _go_parse_uint16(port)
             if err:
                 raise PolicyError(self.msg("Unable to parse port: ", "unable to parse port: ") + err)
             is_zero = value == 0
-            if has_dns and pp.get("endPort", 0) > value:
+            if self.l7_port_ranges:
+                if has_l7 and pp.get("endPort", 0) > value:
+                    raise PolicyError("L7 rules do not support port ranges")
+            elif has_dns and pp.get("endPort", 0) > value:
                 raise PolicyError("DNS rules do not support port ranges")
         proto = pp.get("protocol", "")
         if proto:
-            allowed = ("TCP", "UDP", "SCTP", "ANY") if self.profile.get("sctp") else ("TCP", "UDP", "ANY")
+            allowed = ["TCP", "UDP", "SCTP", "ANY"] if self.profile.get("sctp") else ["TCP", "UDP", "ANY"]
+            if self.newest:  # 1.19: VRRP and IGMP (pkg/policy/api/utils.go)
+                allowed[-1:-1] = ["VRRP", "IGMP"]
             if proto.upper() not in allowed:
-                choices = "{ tcp | udp | sctp | any }" if self.profile.get("sctp") else "{ tcp | udp | any }"
+                choices = "{ %s }" % " | ".join(a.lower() for a in allowed)
                 raise PolicyError("invalid protocol %s, must be %s" % (_go_quote(proto.upper()), choices))
         return is_zero
 
@@ -1009,19 +1163,24 @@ class _Validator:
                         raise PolicyError("Header name missing")
                     if match.get("mismatch", "") not in ("", "LOG", "ADD", "DELETE", "REPLACE"):
                         raise PolicyError("Invalid header action: %s" % match.get("mismatch"))
+                    secret = match.get("secret")
+                    if isinstance(secret, dict) and not secret.get("name"):
+                        raise PolicyError("Secret name missing")
                 if http.get("host"):
                     err = _go_regexp_error(http["host"])
                     if err:
                         raise PolicyError(err)
         if "kafka" in rules:
             n_types += 1
+            for kafka in rules["kafka"]:
+                _kafka_sanitize(kafka)
         if "dns" in rules:
             if not ports:
                 raise PolicyError(self.msg("Port 53 must be specified for DNS rules",
                                            "port 53 must be specified for DNS rules"))
             n_types += 1
             for dns in rules["dns"]:
-                self.dns_rule(dns)
+                self.dns_rule(dns, selector=False)
         if "l7" in rules and not rules.get("l7proto"):
             raise PolicyError("'l7' may only be specified when a 'l7proto' is also specified")
         if rules.get("l7proto"):
@@ -1029,20 +1188,23 @@ class _Validator:
         if n_types > 1:
             raise PolicyError("multiple L7 protocol rule types specified in single rule")
 
-    @staticmethod
-    def dns_rule(dns):
+    def dns_rule(self, dns, selector):
+        """1.19 (pkg/policy/api/fqdn.go, pkg/fqdn/matchpattern) names the underscore in the
+        FQDNSelector's MatchName message and in every MatchPattern message."""
         name, pattern = dns.get("matchName", ""), dns.get("matchPattern", "")
         if name and not _MATCH_NAME_RE.match(name):
-            raise PolicyError('Invalid characters in MatchName: "%s". Only 0-9, a-z, A-Z and . and - '
-                              'characters are allowed' % name)
+            chars = "., -, _" if self.newest and selector else ". and -"
+            raise PolicyError('Invalid characters in MatchName: "%s". Only 0-9, a-z, A-Z and %s '
+                              'characters are allowed' % (name, chars))
         if pattern and not _MATCH_PATTERN_RE.match(pattern):
-            raise PolicyError('Invalid characters in MatchPattern: "%s". Only 0-9, a-z, A-Z and ., - and * '
-                              'characters are allowed' % pattern)
+            chars = "., -, _" if self.newest else "., -"
+            raise PolicyError('Invalid characters in MatchPattern: "%s". Only 0-9, a-z, A-Z and %s and * '
+                              'characters are allowed' % (pattern, chars))
 
     def fqdn(self, fqdn):
         if fqdn.get("matchName") and fqdn.get("matchPattern"):
             raise PolicyError("only one of MatchName or MatchPattern is allowed in an FQDNSelector")
-        self.dns_rule(fqdn)
+        self.dns_rule(fqdn, selector=True)
 
     # -- CIDR --------------------------------------------------------------------------------
     def cidr(self, text):
@@ -1055,7 +1217,31 @@ class _Validator:
                 raise PolicyError("unable to parse CIDR: " + err)
 
     def cidr_rule(self, rule):
+        if self.minor >= 17:
+            # Exactly one of cidr, cidrGroupRef, cidrGroupSelector (rule_validation.go, 1.17+).
+            count = (bool(rule.get("cidr")) + bool(rule.get("cidrGroupRef"))
+                     + (rule.get("cidrGroupSelector") is not None))
+            group_sel = rule.get("cidrGroupSelector")
+            if group_sel is not None:
+                extended = {}
+                if isinstance(group_sel, dict) and group_sel.get("matchLabels"):
+                    extended["matchLabels"] = {_extended_key(k, "cidrgroup"): v
+                                               for k, v in group_sel["matchLabels"].items()}
+                if isinstance(group_sel, dict) and group_sel.get("matchExpressions"):
+                    extended["matchExpressions"] = [dict(r, key=_extended_key(r.get("key", ""), "cidrgroup"))
+                                                    for r in group_sel["matchExpressions"]]
+                err = _validate_label_selector(extended, newer=self.newest)
+                if err:
+                    raise PolicyError("failed to parse cidrGroupSelector %s: invalid label selector: %s"
+                                      % (self._selector_text(group_sel), err))
+            if count == 0:
+                raise PolicyError("one of cidr, cidrGroupRef, or cidrGroupSelector is required")
+            if count > 1:
+                raise PolicyError("more than one of cidr, cidrGroupRef, or cidrGroupSelector may not be set")
         if rule.get("cidrGroupRef") or rule.get("cidrGroupSelector") is not None:
+            if self.minor <= 16 and rule.get("except"):
+                # 1.16 dereferences the missing prefix and crashes.
+                raise PolicyError("panic: runtime error: invalid memory address or nil pointer dereference")
             return  # group references are resolved elsewhere; not validated as CIDRs
         text = rule.get("cidr", "")
         network, err = _go_parse_prefix(text)
@@ -1066,8 +1252,27 @@ class _Validator:
             except_net, err = _go_parse_prefix(exc)
             if err:
                 raise PolicyError(err)
-            if except_net.version != network.version or except_net.network_address not in network:
+            # prefix.Contains(except.Addr()): the exception's address as written.
+            addr = ipaddress.ip_address(exc.rsplit("/", 1)[0])
+            if addr.version != network.version or addr not in network:
                 raise PolicyError("allow CIDR prefix %s does not contain exclude CIDR prefix %s" % (text, exc))
+            if self.minor <= 16 and except_net.prefixlen < network.prefixlen:
+                # 1.16 computes the remaining prefixes with a negative size and crashes.
+                raise PolicyError("panic: runtime error: makeslice: cap out of range")
+
+    def _selector_text(self, sel):
+        """``%v`` of the cidrGroupSelector: the generated ``LabelSelector.String()`` up to 1.18,
+        JSON in 1.19."""
+        if self.newest:
+            shown = {k: sel[k] for k in ("matchLabels", "matchExpressions") if sel.get(k)}
+            return json.dumps(shown, separators=(",", ":"))
+        labels = sel.get("matchLabels") or {}
+        out = "&LabelSelector{MatchLabels:map[string]string{" + "".join(
+            "%s: %s," % (k, labels[k]) for k in sorted(labels)) + "},MatchExpressions:[]LabelSelectorRequirement{"
+        for req in sel.get("matchExpressions") or []:
+            out += "LabelSelectorRequirement{Key:%s,Operator:%s,Values:[%s],}," % (
+                req.get("key", ""), req.get("operator", ""), " ".join(req.get("values") or []))
+        return out + "},}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,9 +24,29 @@ def _expected_labels(alloc):
                           job.get("Meta") or {}, group_meta)
 
 
+# A requirement that a K8s label is absent holds for every Nomad endpoint (they carry no k8s:
+# labels), so it does not change what a selector selects here.  Policy files pin peer selectors
+# with these so that the agent's rewrite on load leaves them alone
+# (docs/upstream.md#static-files-peer-selectors-rewritten).
+_ALWAYS_MET = ({"key": "k8s:io.kubernetes.pod.namespace", "operator": "DoesNotExist"},
+               {"key": "k8s:io.cilium.k8s.policy.cluster", "operator": "DoesNotExist"})
+
+
+def _drop_always_met(value):
+    if isinstance(value, list):
+        return [_drop_always_met(v) for v in value if v not in _ALWAYS_MET]
+    if isinstance(value, dict):
+        out = {k: _drop_always_met(v) for k, v in value.items()}
+        if "matchExpressions" in out and not out["matchExpressions"]:
+            del out["matchExpressions"]
+        return out
+    return value
+
+
 def _canonical(rules):
     """Rules without their labels, as comparable JSON strings."""
-    return {json.dumps({k: v for k, v in r.items() if k != "labels"}, sort_keys=True) for r in rules}
+    return {json.dumps(_drop_always_met({k: v for k, v in r.items() if k != "labels"}), sort_keys=True)
+            for r in rules}
 
 
 def node_report(lab, node, wanted_rules):

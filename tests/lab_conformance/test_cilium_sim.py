@@ -636,7 +636,7 @@ REJECTED = [
     ("dns-without-port", _egr(toPorts=[{"rules": {"dns": [{"matchName": "a.com"}]}}]),
      "Port 53 must be specified for DNS rules"),
     ("dns-port-range", _egr(toPorts=_ports({"port": "53", "endPort": 60}, rules={"dns": [{"matchName": "a.com"}]})),
-     "DNS rules do not support port ranges"),
+     "L7 rules do not support port ranges"),  # the 1.16 branch from 1.16.5
     ("l7-on-udp", _ing(toPorts=_ports({"port": "80", "protocol": "UDP"}, rules={"http": [{"path": "/"}]})),
      "L7 rules can only apply to TCP (not UDP) except for DNS rules"),
     ("l7-port-zero", _ing(toPorts=_ports({"port": "0", "protocol": "TCP"}, rules={"http": [{"path": "/"}]})),
@@ -883,7 +883,11 @@ def test_static_directory_loads_valid_files_and_keeps_old_rules_on_bad_ones(make
     # Fixed: replaced in one revision; removed: gone in the next.
     (tmp_path / "netreap-api.yaml").write_text(CCNP.replace("web", "frontend"))
     fixed = sim.policy_rules()
-    assert fixed[0]["ingress"][0]["fromEndpoints"] == [{"matchLabels": {"netreap:nomad.job_id": "frontend"}}]
+    # The agent adds a namespace requirement to peer selectors of a clusterwide file
+    # (docs/upstream.md#static-files-peer-selectors-rewritten).
+    assert fixed[0]["ingress"][0]["fromEndpoints"] == [{
+        "matchLabels": {"netreap:nomad.job_id": "frontend"},
+        "matchExpressions": [{"key": "k8s:io.kubernetes.pod.namespace", "operator": "Exists"}]}]
     assert sim.policy_revision == revision + 1 and sim.static_policy_errors == []
     (tmp_path / "netreap-api.yaml").unlink()
     assert sim.policy_rules() == [] and sim.policy_revision == revision + 2
@@ -938,5 +942,7 @@ def test_seed_policy_adds_foreign_rules(make_agent):
                                  "endpointSelector": {"matchLabels": {"reserved:health": ""}},
                                  "ingress": [{"fromEntities": ["cluster"]}]}])
     assert revision == 2
-    assert json.loads(api.get("/policy").json["policy"])[0]["endpointSelector"] == {
-        "matchLabels": {"reserved:health": ""}}
+    # 1.19 lists PolicyEntry objects (docs/upstream.md#get-policy-in-119-policyentry).
+    [entry] = json.loads(api.get("/policy").json["policy"])
+    assert entry["Subject"] == {"matchLabels": {"reserved:health": ""}} and entry["Ingress"] is True
+    assert {"key": "name", "value": "operator-managed", "source": "unspec"} in entry["Labels"]

@@ -15,7 +15,9 @@ import re
 import pytest
 
 from tests.lab import httpd, scenarios
+from tests.lab import cilium as lab_cilium
 from tests.lab import policy_rules as agent_validator
+from tests.lab.control import UnixHTTPConnection
 from tests.lab_tests.conftest import run_module
 
 KVSTORE = {"1.13": "consul", "1.15": "consul", "1.16": "consul", "1.18": "etcd", "1.19": "etcd"}
@@ -468,3 +470,116 @@ def test_agent_reporting_no_version_still_gets_policy_through_its_static_directo
     result = run_module("cilium_policy", on_node(lab, node, rules=V4))
     assert not result.failed, result["msg"]
     assert result["method"] == "static-dir" and result["applied"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Done-when: what the agent enforces from our policy files is what was published
+# ------------------------------------------------------------------------------------------------
+
+# Endpoints as cilium_endpoint labels them (netreap:nomad.*, nomad:<job meta>), plus the host.
+ENDPOINTS = {
+    "web": scenarios.netreap_labels("web", "default", "frontend", {"team": "payments"}),
+    "cache": scenarios.netreap_labels("cache", "default", "redis"),
+    "api": scenarios.netreap_labels("api", "default", "api", {"team": "payments"}),
+    "batch": scenarios.netreap_labels("nightly-report", "default", "report", {"team": "data"}),
+    "host": ["reserved:host"],
+}
+APP = {"web", "cache", "api", "batch"}
+
+
+def job(name):
+    return {"matchLabels": {"netreap:nomad.job_id": name}}
+
+
+# Endpoint-to-endpoint rules, and for each the endpoints its subject and every peer list select.
+ENDPOINT_RULES = [
+    (rule("cache-from-web", endpointSelector=job("cache"), ingress=[
+        {"fromEndpoints": [WEB], "toPorts": [{"ports": [{"port": "6379", "protocol": "TCP"}]}]}]),
+     {"cache"}, [("ingress", 0, "fromEndpoints", {"web"})]),
+    (rule("web-egress", endpointSelector=WEB, egress=[
+        {"toEndpoints": [{"matchExpressions": [
+            {"key": "netreap:nomad.job_id", "operator": "In", "values": ["api", "cache"]}]}]},
+        {"toEndpoints": [{"matchLabels": {"reserved:host": ""}}]}]),
+     {"web"}, [("egress", 0, "toEndpoints", {"api", "cache"}), ("egress", 1, "toEndpoints", {"host"})]),
+    (rule("api-from-team-and-all", endpointSelector=job("api"), ingress=[
+        {"fromEndpoints": [{"matchLabels": {"nomad:team": "payments"}}]},
+        {"fromEndpoints": [{}], "toPorts": [{"ports": [{"port": "9090", "protocol": "TCP"}]}]}],
+        ingressDeny=[{"fromEndpoints": [{"matchExpressions": [
+            {"key": "nomad:team", "operator": "NotIn", "values": ["payments"]}]}]}]),
+     {"api"}, [("ingress", 0, "fromEndpoints", {"web", "api"}),
+               ("ingress", 1, "fromEndpoints", APP | {"host"}),
+               ("ingressDeny", 0, "fromEndpoints", {"batch", "cache", "host"})]),
+]
+
+
+def selected(selectors):
+    """Endpoints (of ENDPOINTS) that any of ``selectors`` selects."""
+    return {name for name, labels in ENDPOINTS.items()
+            if any(lab_cilium.selects(sel, labels) for sel in selectors)}
+
+
+@pytest.mark.parametrize("profile,local_cluster", [
+    ("1.16", None), ("1.18", None), ("1.18", True), ("1.19", None), ("1.19", False)])
+def test_policy_files_select_the_intended_nomad_endpoints(lab_factory, profile, local_cluster):
+    """The agent rewrites the peer selectors of a policy file on load (namespace, and with
+    --policy-default-local-cluster the cluster: docs/upstream.md#static-files-peer-selectors-rewritten).
+    What it enforces from our files must still select exactly the Nomad endpoints meant."""
+    lab = lab_factory(nodes=1, cilium=profile, kvstore=KVSTORE[profile], scenario="clean", static_policy=True)
+    node = lab.nodes[0]
+    if local_cluster is not None:  # the agent was started with --policy-default-local-cluster=<value>
+        node.cilium.policy_default_local_cluster = local_cluster
+    published = [r for r, unused, unused in ENDPOINT_RULES]
+    result = run_module("cilium_policy", on_node(lab, node, rules=published, method="static-dir"))
+    assert not result.failed and result["applied"] and result["warnings"] == [], result
+    assert node.cilium.static_policy_errors == []
+    effective = node.cilium.static_effective_rules()
+    assert sorted(effective) == sorted(result["files_written"])
+    for published_rule, subject, peers in ENDPOINT_RULES:
+        name = published_rule["labels"][0]["value"]
+        [enforced] = effective["netreap-%s.yaml" % name]
+        assert selected([enforced["endpointSelector"]]) == subject, name
+        for section, index, field, want in peers:
+            assert selected(enforced[section][index][field]) == want, (name, section, index, enforced[section][index])
+
+    # The same rule in a file written by hand selects no Nomad peer: the rewrite is in force.
+    with open(os.path.join(node.static_policy_dir, "by-hand.yaml"), "w") as handle:
+        handle.write(json.dumps({"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
+                                 "metadata": {"name": "by-hand"}, "spec": ENDPOINT_RULES[0][0]}))
+    [by_hand] = node.cilium.static_effective_rules()["by-hand.yaml"]
+    assert selected(by_hand["ingress"][0]["fromEndpoints"]) == set()
+
+    again = run_module("cilium_policy", on_node(lab, node, rules=published, method="static-dir"))
+    assert not again.failed and again["changed"] is False and again["warnings"] == [], again
+
+
+def agent_get_policy(node):
+    conn = UnixHTTPConnection(node.socket_path)
+    try:
+        conn.request("GET", "/v1/policy")
+        return json.loads(conn.getresponse().read().decode())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("local_cluster", [True, False])
+def test_1_19_policy_entries_show_our_files_loaded(lab_factory, local_cluster):
+    """1.19 lists PolicyEntry objects (``Labels``, one entry per ingress/egress item:
+    docs/upstream.md#get-policy-in-119-policyentry); changed and unchanged runs see our files."""
+    lab = start(lab_factory, "1.19")
+    node = lab.nodes[0]
+    node.cilium.policy_default_local_cluster = local_cluster
+    first = run_module("cilium_policy", on_node(lab, node, from_consul=True, static_load_timeout=5))
+    assert not first.failed and first["applied"] and first["warnings"] == [], first
+    entries = json.loads(agent_get_policy(node)["policy"])
+    assert entries and all("Labels" in e and "labels" not in e for e in entries)
+    files = {lbl["value"] for e in entries for lbl in e["Labels"] if lbl["key"] == "filename"}
+    assert files == {"netreap-web-ingress.yaml", "netreap-cache-from-web.yaml"}
+
+    unchanged = run_module("cilium_policy", on_node(lab, node, from_consul=True))
+    assert not unchanged.failed and unchanged["changed"] is False and unchanged["warnings"] == [], unchanged
+
+    changed = run_module("cilium_policy", on_node(lab, node, rules=V4, static_load_timeout=5))
+    assert not changed.failed and changed["applied"] and changed["warnings"] == [], changed
+    assert changed["apply_changes"] == {"added": ["api-from-web"], "removed": ["cache-from-web"],
+                                        "changed": ["web-ingress"]}
+    assert our_names(node.cilium.policy_rules()) == {"web-ingress", "api-from-web"}

@@ -1,9 +1,10 @@
-"""Policy rules: normalisation, the agent's validation (messages from the reference, §2.3),
+"""Policy rules: normalisation, the agent's validation (the agent's messages),
 planning for every apply method, diffs, static file names and YAML rendering.
 
-Expected messages are written from /work/shared/reference/cilium.md and Cilium's source as
-quoted there; tests/lab_tests/test_cilium_policy.py checks the same cases against the lab's
-independent agent simulator.
+Expected messages are Cilium's own (docs/upstream.md#rule-validation-per-release-recorded; the
+recorded verdicts are replayed in full by test_policy_oracle_replay.py);
+tests/lab_tests/test_cilium_policy.py checks the same cases against the lab's independent agent
+simulator.
 """
 
 import copy
@@ -15,6 +16,10 @@ import yaml
 from ansible_collections.netreap.cilium.plugins.module_utils import _policy as pol
 
 ALL = tuple(pol.SUPPORTED_MINORS)
+# The agent lower-cased most messages in 1.16.7 and 1.17.0 (docs/upstream.md#rule-validation-per-release-recorded);
+# a minor without patch means its latest release.
+OLD_WORDING = (13, 14, 15)
+LOWER_CASE = (16, 17, 18, 19)
 WEB = {"matchLabels": {"netreap:nomad.job_id": "web"}}
 API = {"matchLabels": {"netreap:nomad.job_id": "api"}}
 
@@ -149,12 +154,15 @@ REJECTED = {
                        "egress[0].toEndpoints[0]",
                        'invalid label selector: matchLabels: Invalid value: "my job": ' + LVALUE, ALL),
     "two-l3-kinds": (ing(fromEndpoints=[WEB], fromCIDR=["10.0.0.0/8"]), "ingress[0]",
-                     "Combining FromEndpoints and FromCIDR is not supported yet", ALL[:-1]),
-    "two-l3-kinds-1.19": (ing(fromEndpoints=[WEB], fromCIDR=["10.0.0.0/8"]), "ingress[0]",
-                          "combining FromEndpoints and FromCIDR is not supported yet", [19]),
+                     "Combining FromEndpoints and FromCIDR is not supported yet", OLD_WORDING),
+    "two-l3-kinds-lower-case": (ing(fromEndpoints=[WEB], fromCIDR=["10.0.0.0/8"]), "ingress[0]",
+                                "combining FromEndpoints and FromCIDR is not supported yet", LOWER_CASE),
     "services-and-ports": (eg(toServices=[{"k8sService": {"serviceName": "x"}}],
                               toPorts=[{"ports": [{"port": "80"}]}]), "egress[0]",
-                           "Combining ToServices and ToPorts is not supported yet", [16]),
+                           "Combining ToServices and ToPorts is not supported yet", OLD_WORDING),
+    "services-and-ports-1.16": (eg(toServices=[{"k8sService": {"serviceName": "x"}}],
+                                   toPorts=[{"ports": [{"port": "80"}]}]), "egress[0]",
+                                "combining ToServices and ToPorts is not supported yet", [16]),
     "entity": (ing(fromEntities=["wrld"]), "ingress[0].fromEntities[0]", "unsupported entity: wrld", ALL),
     "entity-world-ipv4-before-1.15": (eg(toEntities=["world-ipv4"]), "egress[0].toEntities[0]",
                                       "unsupported entity: world-ipv4", [13, 14]),
@@ -162,9 +170,10 @@ REJECTED = {
              'unable to parse CIDR: ParseAddr("10.0.0.300/8"): IPv4 field has value >255', ALL),
     "cidr-empty": (ing(fromCIDR=[""]), "ingress[0].fromCIDR[0]", "IP must be specified", ALL),
     "cidrset-bare-ip": (eg(toCIDRSet=[{"cidr": "10.0.0.1"}]), "egress[0].toCIDRSet[0].cidr",
-                        'Unable to parse CIDRRule "10.0.0.1": netip.ParsePrefix("10.0.0.1"): no \'/\'', [16]),
-    "cidrset-bare-ip-1.19": (eg(toCIDRSet=[{"cidr": "10.0.0.1"}]), "egress[0].toCIDRSet[0].cidr",
-                             'unable to parse CIDRRule "10.0.0.1": netip.ParsePrefix("10.0.0.1"): no \'/\'', [19]),
+                        'Unable to parse CIDRRule "10.0.0.1": netip.ParsePrefix("10.0.0.1"): no \'/\'', OLD_WORDING),
+    "cidrset-bare-ip-lower-case": (eg(toCIDRSet=[{"cidr": "10.0.0.1"}]), "egress[0].toCIDRSet[0].cidr",
+                                   'unable to parse CIDRRule "10.0.0.1": netip.ParsePrefix("10.0.0.1"): no \'/\'',
+                                   LOWER_CASE),
     "cidrset-except-outside": (eg(toCIDRSet=[{"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}]),
                                "egress[0].toCIDRSet[0].except[0]",
                                "allow CIDR prefix 10.0.0.0/8 does not contain exclude CIDR prefix 192.168.0.0/16",
@@ -177,12 +186,19 @@ REJECTED = {
     "port-empty-1.19": (ing(toPorts=[{"ports": [{"protocol": "TCP"}]}]),
                         "ingress[0].toPorts[0].ports[0].port", "port must be specified", [19]),
     "port-out-of-range": (ing(toPorts=[{"ports": [{"port": "99999"}]}]), "ingress[0].toPorts[0].ports[0].port",
-                          'Unable to parse port: strconv.ParseUint: parsing "99999": value out of range', ALL[:-1]),
+                          'Unable to parse port: strconv.ParseUint: parsing "99999": value out of range', OLD_WORDING),
+    "port-out-of-range-lower-case": (ing(toPorts=[{"ports": [{"port": "99999"}]}]),
+                                     "ingress[0].toPorts[0].ports[0].port",
+                                     'unable to parse port: strconv.ParseUint: parsing "99999": value out of range',
+                                     LOWER_CASE),
     "port-not-a-name": (ing(toPorts=[{"ports": [{"port": "web_port"}]}]), "ingress[0].toPorts[0].ports[0].port",
                         'unable to parse port: strconv.ParseUint: parsing "web_port": invalid syntax', [19]),
     "protocol": (ing(toPorts=[{"ports": [{"port": "80", "protocol": "icmp"}]}]),
                  "ingress[0].toPorts[0].ports[0].protocol",
-                 'invalid protocol "ICMP", must be { tcp | udp | sctp | any }', ALL),
+                 'invalid protocol "ICMP", must be { tcp | udp | sctp | any }', ALL[:-1]),
+    "protocol-1.19": (ing(toPorts=[{"ports": [{"port": "80", "protocol": "icmp"}]}]),
+                      "ingress[0].toPorts[0].ports[0].protocol",
+                      'invalid protocol "ICMP", must be { tcp | udp | sctp | vrrp | igmp | any }', [19]),
     "41-ports": (ing(toPorts=[{"ports": [{"port": str(1000 + i)} for i in range(41)]}]),
                  "ingress[0].toPorts[0].ports", "too many ports, the max is 40", ALL),
     "41-icmp-fields": (eg(icmps=[{"fields": [{"type": i} for i in range(41)]}]), "egress[0].icmps[0].fields",
@@ -190,10 +206,17 @@ REJECTED = {
     "dns-on-ingress": (ing(toPorts=[http_port("53", "UDP", dns=[{"matchPattern": "*"}])]), "ingress[0]",
                        "L7 protocol DNS is not supported on ingress yet", ALL),
     "dns-without-ports": (eg(toEndpoints=[WEB], toPorts=[{"rules": {"dns": [{"matchPattern": "*"}]}}]),
-                          "egress[0].toPorts[0].rules.dns", "Port 53 must be specified for DNS rules", ALL[:-1]),
+                          "egress[0].toPorts[0].rules.dns", "Port 53 must be specified for DNS rules", OLD_WORDING),
+    "dns-without-ports-lower-case": (eg(toEndpoints=[WEB], toPorts=[{"rules": {"dns": [{"matchPattern": "*"}]}}]),
+                                     "egress[0].toPorts[0].rules.dns", "port 53 must be specified for DNS rules",
+                                     LOWER_CASE),
     "dns-port-range": (eg(toPorts=[{"ports": [{"port": "53", "endPort": 60, "protocol": "UDP"}],
                                     "rules": {"dns": [{"matchPattern": "*"}]}}]),
-                       "egress[0].toPorts[0].ports[0].endPort", "DNS rules do not support port ranges", ALL),
+                       "egress[0].toPorts[0].ports[0].endPort", "DNS rules do not support port ranges",
+                       [13, 14, 15, 17, 18, 19]),
+    "l7-port-range-1.16": (eg(toPorts=[{"ports": [{"port": "80", "endPort": 90, "protocol": "TCP"}],
+                                        "rules": {"http": [{"method": "GET"}]}}]),
+                           "egress[0].toPorts[0].ports[0].endPort", "L7 rules do not support port ranges", [16]),
     "l7-on-udp": (eg(toPorts=[http_port("80", "UDP")]), "egress[0].toPorts[0].ports[0].protocol",
                   "L7 rules can only apply to TCP (not UDP) except for DNS rules", ALL),
     "l7-on-port-0": (eg(toPorts=[http_port("0")]), "egress[0].toPorts[0].ports",
@@ -201,22 +224,32 @@ REJECTED = {
     "two-l7-types": (eg(toPorts=[http_port(http=[{"method": "GET"}], kafka=[{"topic": "t"}])]),
                      "egress[0].toPorts[0].rules", "multiple L7 protocol rule types specified in single rule", ALL),
     "l7-on-host-policy": ({"nodeSelector": {}, "ingress": [{"toPorts": [http_port()]}]}, "ingress[0]",
-                          "host policies do not support L7 rules yet", ALL[:-1]),
-    "l7-on-host-ingress-1.19": ({"nodeSelector": {}, "ingress": [{"toPorts": [http_port()]}]}, "ingress[0]",
-                                "L7 policy is not supported on host ingress yet", [19]),
+                          "host policies do not support L7 rules yet", [13, 14, 15, 16]),
+    "l7-on-host-ingress-1.17": ({"nodeSelector": {}, "ingress": [{"toPorts": [http_port()]}]}, "ingress[0]",
+                                "L7 policy is not supported on host ingress yet", [17, 18, 19]),
     "icmps-with-ports": (ing(icmps=[{"fields": [{"type": 8}]}], toPorts=[{"ports": [{"port": "80"}]}]), "ingress[0]",
                          "The ICMPs block may only be present without ToPorts. Define a separate rule to use ToPorts.",
-                         ALL),
+                         OLD_WORDING),
+    "icmps-with-ports-lower-case": (ing(icmps=[{"fields": [{"type": 8}]}], toPorts=[{"ports": [{"port": "80"}]}]),
+                                    "ingress[0]", "the ICMPs block may only be present without ToPorts. Define a "
+                                    "separate rule to use ToPorts", LOWER_CASE),
     "fqdn-name-and-pattern": (eg(toFQDNs=[{"matchName": "a.example.com", "matchPattern": "*.example.com"}]),
                               "egress[0].toFQDNs[0]",
                               "only one of MatchName or MatchPattern is allowed in an FQDNSelector", ALL),
     "fqdn-name-characters": (eg(toFQDNs=[{"matchName": "api example.com"}]), "egress[0].toFQDNs[0].matchName",
                              'Invalid characters in MatchName: "api example.com". Only 0-9, a-z, A-Z and . and - '
-                             'characters are allowed', ALL),
+                             'characters are allowed', ALL[:-1]),
+    "fqdn-name-characters-1.19": (eg(toFQDNs=[{"matchName": "api example.com"}]), "egress[0].toFQDNs[0].matchName",
+                                  'Invalid characters in MatchName: "api example.com". Only 0-9, a-z, A-Z and ., -, _ '
+                                  'characters are allowed', [19]),
     "fqdn-pattern-characters": (eg(toFQDNs=[{"matchPattern": "*.example.com/x"}]),
                                 "egress[0].toFQDNs[0].matchPattern",
                                 'Invalid characters in MatchPattern: "*.example.com/x". Only 0-9, a-z, A-Z and ., - '
-                                'and * characters are allowed', ALL),
+                                'and * characters are allowed', ALL[:-1]),
+    "fqdn-pattern-characters-1.19": (eg(toFQDNs=[{"matchPattern": "*.example.com/x"}]),
+                                     "egress[0].toFQDNs[0].matchPattern",
+                                     'Invalid characters in MatchPattern: "*.example.com/x". Only 0-9, a-z, A-Z and '
+                                     '., -, _ and * characters are allowed', [19]),
     "http-regex": (eg(toPorts=[http_port(http=[{"path": "/v1/(.*"}])]), "egress[0].toPorts[0].rules.http[0].path",
                    "error parsing regexp: missing closing ): `/v1/(.*`", ALL),
     "no-direction-since-1.17": ({"endpointSelector": WEB}, None,
@@ -492,3 +525,26 @@ def test_yaml_round_trips_every_kind_of_value():
 def test_yaml_round_trips_documentation_examples(name):
     rule = pol.normalize_rules([DOC_EXAMPLES[name]])[0]
     assert yaml.safe_load(pol.to_yaml({"spec": rule})) == {"spec": rule}
+
+
+def test_versions_take_patch_releases():
+    assert pol.parse_release("1.16.17") == (16, 17)
+    assert pol.parse_release("v1.19.0-rc.1") == (19, 0)
+    assert pol.parse_release("1.18") == (18, None)
+    assert pol.parse_version("1.16.5") == 16
+    for bad in ("2.0", "1.12.3", "1.16.x", ""):
+        with pytest.raises(ValueError):
+            pol.parse_release(bad)
+
+
+@pytest.mark.parametrize("patch, message", [
+    (6, "Combining FromEndpoints and FromCIDR is not supported yet"),
+    (7, "combining FromEndpoints and FromCIDR is not supported yet"),
+    (None, "combining FromEndpoints and FromCIDR is not supported yet"),
+])
+def test_message_wording_follows_the_agents_patch_release(patch, message):
+    """1.16.7 lower-cased the agent's messages (docs/upstream.md#rule-validation-per-release-recorded)."""
+    rules = pol.normalize_rules([named("broken", ing(fromEndpoints=[WEB], fromCIDR=["10.0.0.0/8"]))])
+    with pytest.raises(pol.PolicyValidationError) as caught:
+        pol.validate_rules(rules, [pol.ValidationTarget(16, True, False, True, patch=patch)])
+    assert caught.value.message == message
