@@ -170,7 +170,8 @@ _FIELDS = {
 }
 
 # First Cilium minor whose agent knows a field; older agents drop it silently (e.g. fromNodes
-# up to 1.15: the item would then allow more than written).  Reference §2, facts of the brief.
+# up to 1.15: the item would then allow more than written).
+# docs/upstream.md#rule-validation-per-release-recorded
 _SINCE = {
     ("Rule", "enableDefaultDeny"): 16, ("Rule", "log"): 18,
     ("IngressRule", "fromNodes"): 16, ("IngressDenyRule", "fromNodes"): 16,

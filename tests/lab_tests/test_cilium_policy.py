@@ -259,7 +259,8 @@ def http(port="80", protocol="TCP", **rules):
     return {"ports": [{"port": port, "protocol": protocol}], "rules": rules or {"http": [{"method": "GET"}]}}
 
 
-# One case per class of reference §2.3 (and the agent flags it depends on).
+# One case per class of rule the agent refuses (docs/upstream.md#rule-validation-per-release-recorded),
+# and the agent flags it depends on.
 INVALID = {
     "no-selector": rule("broken", ingress=[{}]),
     "both-selectors": rule("broken", endpointSelector=WEB, nodeSelector={}, ingress=[{}]),

@@ -42,16 +42,6 @@ OUTSIDE = [
 # entry once its file is clean.
 ALLOWED = {
     ".ci/run": {"directory beside the checkout", "shared reference directory"},
-    "CONTRIBUTING.md": {"*"},
-    "benchmarks/bench_endpoint.py": {"*"},
-    "benchmarks/bench_node_gc.py": {"*"},
-    "tests/unit/plugins/module_utils/test_policy.py": {"*"},
-    "tests/reliability/bad_inputs/policies.yaml": {"*"},
-    "docs/policy.md": {"section of an outside reference file"},
-    "plugins/module_utils/_policy.py": {"section of an outside reference file"},
-    "tests/lab_tests/test_cilium_policy.py": {"section of an outside reference file"},
-    "roles/agent/vars/main.yml": {"section of an outside reference file"},
-    "roles/kernel_modules/defaults/main.yml": {"section of an outside reference file"},
     # This file names the patterns it looks for.
     "tests/unit/test_upstream_citations.py": {"*"},
 }

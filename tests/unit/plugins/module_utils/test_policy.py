@@ -108,7 +108,8 @@ def test_netreap_key_format_is_accepted_as_text():
 
 
 # ------------------------------------------------------------------------------------------------
-# Rejected: one case per class of reference §2.3, with the agent's message
+# Rejected: one case per class of rule the agent refuses, with the agent's message
+# (docs/upstream.md#rule-validation-per-release-recorded)
 # ------------------------------------------------------------------------------------------------
 
 def ing(**item):
