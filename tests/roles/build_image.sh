@@ -6,7 +6,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$HERE/containers.conf}"
 MIRROR="${NETREAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-yaml,kmod,iproute2,procps
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-yaml,kmod,iproute2,procps,sudo
 TAG="$(sha256sum "$0" | cut -c1-12)"
 IMAGE="localhost/netreap-cilium-node:bookworm-$TAG"
 
