@@ -26,8 +26,8 @@ for unit in getty@.service console-getty.service systemd-udevd.service systemd-u
 done
 : > "$ROOTFS/etc/machine-id"
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
-# Old images of this scenario are superseded by this one.
+# Old images of this scenario are superseded by this one (one still in use by a container stays).
 podman images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/netreap-cilium-node:' \
-  | xargs -r podman rmi -f >/dev/null 2>&1 || true
+  | xargs -r podman rmi >/dev/null 2>&1 || true
 tar -C "$ROOTFS" -c . | podman import --change 'CMD ["/lib/systemd/systemd"]' - "$IMAGE" >&2
 echo "$IMAGE"

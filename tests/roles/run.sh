@@ -10,12 +10,14 @@
 #
 #   bash tests/roles/run.sh            # installs podman/runc/debootstrap via apt when missing
 #   NETREAP_KEEP_CONTAINER=1 bash tests/roles/run.sh   # leave the container for inspection
+#   NETREAP_ROLE_CONTAINER=my-node bash tests/roles/run.sh   # another container name
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT" || exit 1
 export CONTAINERS_CONF="$HERE/containers.conf"
-NAME=netreap-role-node1
+# NETREAP_ROLE_CONTAINER: another name lets two checkouts run the scenario on one machine.
+NAME="${NETREAP_ROLE_CONTAINER:-netreap-role-node1}"
 WORK="$ROOT/build/role-tests"
 START=$(date +%s)
 results=()

@@ -353,6 +353,10 @@ def test_nomad_parses_the_hcl_into_the_json_form(name):
         return value
 
     assert strip(json.loads(proc.stdout)) == load(name)[0]
+    json_file = os.path.join(NOMAD_DIR, name + ".nomad.json")
+    proc = subprocess.run([NOMAD_BIN, "job", "run", "-json", "-output", json_file], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
     proc = subprocess.run([NOMAD_BIN, "fmt", "-check", hcl], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
