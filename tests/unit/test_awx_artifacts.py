@@ -335,6 +335,18 @@ def test_no_secret_literal_in_the_controller_config(controller, credential_type)
                 assert re.match(r"^\{\{ vault_\w+( \| default\(''\))? \}\}$", value), "%s.%s" % (cred["name"], key)
 
 
+def test_the_node_duties_get_their_rights(controller):
+    """reap.yml runs the node duties with become (the agent's socket is 0660 root:cilium): the
+    Machine credential of the reap template says how, and no template turns become off."""
+    templates = {t["name"]: t for t in controller["controller_templates"]}
+    credentials = {c["name"]: c for c in controller["controller_credentials"]}
+    machine = [credentials[c] for c in templates["netreap.cilium reap"]["credentials"]
+               if credentials[c]["credential_type"] == "Machine"]
+    assert len(machine) == 1 and machine[0]["inputs"]["become_method"] == "sudo"
+    for template in controller["controller_templates"]:
+        assert "netreap_node_become" not in (template.get("extra_vars") or {})
+
+
 def test_configure_playbook_runs_as_written(tmp_path):
     """configure-controller.yml (shown in docs/awx.md) loads controller-config.yml, takes the
     controller connection from CONTROLLER_* and hands both to the dispatch role of the collection

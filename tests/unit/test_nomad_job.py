@@ -321,6 +321,18 @@ def test_connection_settings_come_from_nomad_variables_like_the_awx_credential(n
     assert "127.0.0.1" not in env_template
 
 
+def test_the_reap_reaches_the_nodes_with_become():
+    """The node duties use become on the nodes (reap.yml): the job names the SSH user, says it
+    needs passwordless sudo, and does not turn become off."""
+    with open(os.path.join(NOMAD_DIR, "netreap-reaper.nomad.hcl")) as handle:
+        text = handle.read()
+    task = load("netreap-reaper")[0]["Job"]["TaskGroups"][0]["Tasks"][0]
+    assert task["Env"]["ANSIBLE_REMOTE_USER"] == "netreap"
+    assert "passwordless" in text and "sudo" in text
+    assert not any(key.startswith("ANSIBLE_BECOME") for key in task["Env"])
+    assert not any("netreap_node_become" in arg for arg in task["Config"]["args"])
+
+
 @pytest.mark.parametrize("name", JOBS)
 def test_the_documented_nomad_var_put_uses_keys_the_job_reads(name):
     with open(os.path.join(NOMAD_DIR, name + ".nomad.hcl")) as handle:
