@@ -6,7 +6,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$HERE/containers.conf}"
 MIRROR="${NETREAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-yaml,kmod,iproute2,procps
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-yaml,kmod,iproute2,procps,sudo
 TAG="$(sha256sum "$0" | cut -c1-12)"
 IMAGE="localhost/netreap-cilium-node:bookworm-$TAG"
 
@@ -26,8 +26,8 @@ for unit in getty@.service console-getty.service systemd-udevd.service systemd-u
 done
 : > "$ROOTFS/etc/machine-id"
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
-# Old images of this scenario are superseded by this one.
+# Old images of this scenario are superseded by this one (one still in use by a container stays).
 podman images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/netreap-cilium-node:' \
-  | xargs -r podman rmi -f >/dev/null 2>&1 || true
+  | xargs -r podman rmi >/dev/null 2>&1 || true
 tar -C "$ROOTFS" -c . | podman import --change 'CMD ["/lib/systemd/systemd"]' - "$IMAGE" >&2
 echo "$IMAGE"

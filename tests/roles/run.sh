@@ -10,12 +10,14 @@
 #
 #   bash tests/roles/run.sh            # installs podman/runc/debootstrap via apt when missing
 #   NETREAP_KEEP_CONTAINER=1 bash tests/roles/run.sh   # leave the container for inspection
+#   NETREAP_ROLE_CONTAINER=my-node bash tests/roles/run.sh   # another container name
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT" || exit 1
 export CONTAINERS_CONF="$HERE/containers.conf"
-NAME=netreap-role-node1
+# NETREAP_ROLE_CONTAINER: another name lets two checkouts run the scenario on one machine.
+NAME="${NETREAP_ROLE_CONTAINER:-netreap-role-node1}"
 WORK="$ROOT/build/role-tests"
 START=$(date +%s)
 results=()
@@ -95,8 +97,13 @@ podman cp "$WORK/cni-plugins-linux-amd64-v1.6.2.tgz" "$NAME:/srv/cni/" \
   && podman cp "$WORK/lab/tests" "$NAME:/opt/netreap-lab/" \
   && podman cp "$WORK/netreap-fake-podman" "$NAME:/usr/local/bin/netreap-fake-podman" \
   && podman cp "$HERE/files/fake-modprobe.sh" "$NAME:/usr/local/sbin/netreap-fake-modprobe" \
+  && podman cp "$HERE/files/fake-nomad.py" "$NAME:/usr/local/bin/netreap-fake-nomad" \
   && podman cp "$HERE/files/fake-nomad.service" "$NAME:/etc/systemd/system/nomad.service" \
   && podman exec "$NAME" sh -c 'chmod 0755 /usr/local/bin/netreap-fake-podman /usr/local/sbin/netreap-fake-modprobe \
+       /usr/local/bin/netreap-fake-nomad \
+       && useradd --create-home --shell /bin/sh netreap-test \
+       && echo "netreap-test ALL=(ALL) NOPASSWD: ALL" > /etc/sudoers.d/netreap-test \
+       && chmod 0440 /etc/sudoers.d/netreap-test \
        && systemctl daemon-reload && systemctl enable --now nomad.service' >/dev/null 2>&1
 record "prepare stand-ins in the container" $?
 
@@ -151,7 +158,35 @@ record "changed flag restarts the agent (pid $pid_before -> $pid_after), new fla
 play verify-after-restart "$HERE/verify.yml"
 record "verify after the restart" $?
 
-# --- 6. unhealthy agent -> failure with the agent's own message ----------------------------------
+# --- 6. node duties of reap.yml as an unprivileged user ---------------------------------------------
+# The user reaches the node like reap.yml's SSH user does (no root); its sudo stands for the
+# passwordless sudo the schedulers' users get on the nodes (docs/scheduling.md).
+log "node duties as an unprivileged user"
+mkdir -p "$WORK/duties"
+printf 'cilium_nodes:\n  hosts:\n    %s:\n      ansible_connection: netreap_podman\n      ansible_user: netreap-test\n      ansible_python_interpreter: /usr/bin/python3\n      cilium_static_policy_dir: /etc/cilium/policies\n' \
+  "$NAME" > "$WORK/duties/hosts.yml"
+duties() {  # duties LOGNAME [ansible-playbook args...]
+  local name=$1; shift
+  ansible-playbook -i "$WORK/duties" playbooks/reap.yml "$@" > "$WORK/$name.log" 2>&1
+}
+podman exec "$NAME" sh -c 'rm -f /etc/cilium/policies/*'
+duties duties-become
+rc=$?
+grep -q "policy revision [0-9]* (updated)" "$WORK/duties-become.log"; applied=$?
+podman exec "$NAME" sh -c 'ls /etc/cilium/policies/ | grep -q .'; written=$?
+record "node duties as netreap-test through become: policy applied, file written (rc=$rc)" $(( rc || applied || written ))
+duties duties-no-become -e netreap_node_become=false
+rc=$?
+grep -qi "permission denied" "$WORK/duties-no-become.log"; denied=$?
+record "node duties without become fail: permission denied on the agent socket (rc=$rc)" $(( rc == 0 || denied ))
+play socket-group playbooks/provision.yml -e '{"agent_socket_group_members": ["netreap-test"]}'
+rc=$?
+podman exec "$NAME" id -nG netreap-test | grep -qw cilium; member=$?
+duties duties-socket-group -e netreap_node_become=false
+rc2=$?
+record "agent_socket_group_members: netreap-test uses the socket without become (rc=$rc/$rc2)" $(( rc || member || rc2 ))
+
+# --- 7. unhealthy agent -> failure with the agent's own message ----------------------------------
 log "unhealthy agent"
 play unhealthy "$HERE/converge-unhealthy.yml"
 rc=$?

@@ -71,6 +71,8 @@ def render_vars(prefix, **overrides):
         "agent_service_manage": False,
         "agent_image_pull_manage": False,
         "agent_docker_daemon_json": root + "/etc/docker/daemon.json",
+        # The socket group is created by the systemd scenario (tests/roles/run.sh), not on this host.
+        "agent_socket_group_manage": False,
     }
     values.update(overrides)
     return values
@@ -120,7 +122,8 @@ def make_verify_root(root):
     """A --root for systemd-analyze: the system units plus stub executables the units call."""
     shutil.copytree("/usr/lib/systemd/system", str(root / "usr/lib/systemd/system"), symlinks=True,
                     dirs_exist_ok=True)
-    for path in ("usr/bin/podman", "usr/bin/docker", "bin/mkdir", "bin/sh", "bin/mount", "bin/mountpoint"):
+    for path in ("usr/bin/podman", "usr/bin/docker", "usr/bin/touch", "bin/mkdir", "bin/sh", "bin/mount",
+                 "bin/mountpoint"):
         stub = root / path
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\nexit 0\n")
@@ -163,7 +166,8 @@ def test_render_writes_units_that_systemd_verifies(tmp_path, runtime):
     conflist = json.loads((root / "opt/cni/config/cilium.conflist").read_text())
     assert conflist["name"] == "cilium" and [p["type"] for p in conflist["plugins"]] == ["cilium-cni"]
     assert os.access(str(root / "opt/cni/bin/cilium-cni"), os.X_OK)
-    assert "iptable_nat" in (root / "etc/modules-load.d/cilium.conf").read_text()
+    modules = (root / "etc/modules-load.d/cilium.conf").read_text().split()
+    assert "iptable_nat" in modules and "xt_socket" in modules
     # A missing stub makes the unit fail verification: the check is real.
     (root / "bin/mountpoint").unlink()
     (root / "bin/mount").unlink()
@@ -171,10 +175,18 @@ def test_render_writes_units_that_systemd_verifies(tmp_path, runtime):
     assert systemd_verify(root, "cilium-bpffs.service")[0] != 0
 
 
+LOCAL_CLUSTER = "--policy-default-local-cluster=false"
+
+
 @pytest.mark.parametrize("version, expected, absent", [
-    ("1.13.18", ["--tunnel=geneve"], ["--routing-mode=tunnel"]),
-    ("1.14.19", ["--routing-mode=tunnel", "--tunnel-protocol=geneve"], ["--tunnel=geneve"]),
-    ("1.19.0", ["--routing-mode=tunnel", "--tunnel-protocol=geneve"], ["--tunnel=geneve"]),
+    # --enable-k8s exists from 1.14, --policy-default-local-cluster from 1.18 (docs/upstream.md#cilium-agent-deployment)
+    ("1.13.18", ["--tunnel=geneve"], ["--routing-mode=tunnel", "--enable-k8s=false", LOCAL_CLUSTER]),
+    ("1.14.19", ["--routing-mode=tunnel", "--tunnel-protocol=geneve", "--enable-k8s=false"],
+     ["--tunnel=geneve", LOCAL_CLUSTER]),
+    ("1.17.10", ["--enable-k8s=false"], [LOCAL_CLUSTER]),
+    ("1.18.4", ["--enable-k8s=false", LOCAL_CLUSTER], []),
+    ("1.19.0", ["--routing-mode=tunnel", "--tunnel-protocol=geneve", "--enable-k8s=false", LOCAL_CLUSTER],
+     ["--tunnel=geneve"]),
 ])
 def test_agent_flags_follow_the_version(tmp_path, version, expected, absent):
     root, rc, out = render(tmp_path, node_cilium_version=version, agent_tunnel_protocol="geneve")
@@ -185,6 +197,68 @@ def test_agent_flags_follow_the_version(tmp_path, version, expected, absent):
     for flag in absent:
         assert '"%s"' % flag not in unit
     assert '"quay.io/cilium/cilium:v%s"' % version in unit
+
+
+def test_local_cluster_default_can_be_overridden(tmp_path):
+    root, rc, out = render(tmp_path, agent_policy_default_local_cluster=True)
+    assert rc == 0, out
+    unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
+    assert '"--policy-default-local-cluster=true"' in unit and LOCAL_CLUSTER not in unit
+
+
+def test_unit_orders_nomad_after_the_socket_and_shares_lock_and_modules(tmp_path):
+    """cilium-cni waits only 30 s for the agent, so Nomad starts after the agent's socket exists;
+    the iptables lock and the kernel modules of the host are mounted into the container."""
+    root, rc, out = render(tmp_path)
+    assert rc == 0, out
+    unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
+    assert "\nBefore=nomad.service\n" in unit
+    assert 'ExecStartPre=/usr/bin/touch "/run/xtables.lock"' in unit
+    start_post = [line for line in unit.splitlines() if line.startswith("ExecStartPost=")]
+    assert len(start_post) == 1 and "/var/run/cilium/cilium.sock" in start_post[0] and "seq 120" in start_post[0]
+    assert '"--volume=/run/xtables.lock:/run/xtables.lock"' in unit
+    assert '"--volume=/lib/modules:/lib/modules:ro"' in unit
+    # switched off here, so no host group file is mounted (tests/roles/run.sh covers the group)
+    assert "/etc/group" not in unit
+    (tmp_path / "no-wait").mkdir()
+    root, rc, out = render(tmp_path / "no-wait", agent_unit_before=[], agent_socket_wait_sec=0)
+    assert rc == 0, out
+    unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
+    assert "Before=" not in unit and "ExecStartPost=" not in unit
+
+
+def test_node_name_turns_the_kubernetes_client_off_from_1_14(tmp_path):
+    root, rc, out = render(tmp_path, node_cilium_version="1.14.19", agent_node_name="nomad-client-7")
+    assert rc == 0, out
+    unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
+    assert "K8S_NODE_NAME=nomad-client-7" in (root / "etc/cilium/cilium-agent.env").read_text()
+    assert '"--enable-k8s=false"' in unit
+
+
+@pytest.mark.parametrize("variables", [{"agent_node_name": "nomad-client-7"},
+                                       {"agent_environment": {"K8S_NODE_NAME": "nomad-client-7"}}])
+def test_preflight_refuses_a_node_name_on_1_13(tmp_path, variables):
+    rc, out = playbook(tmp_path, agent_play(render_vars(tmp_path, agent_version="1.13.18", **variables)),
+                       local_hosts("node1"), "--check")
+    assert rc != 0
+    assert "agent_node_name (K8S_NODE_NAME) needs Cilium 1.14 or newer" in out
+
+
+def test_cilium_cni_comes_from_the_agent_image(tmp_path):
+    """A private registry is set once (node_cilium_image): the agent runs that image and cilium-cni
+    is copied out of the same image."""
+    calls = tmp_path / "runtime-calls.log"
+    runtime = tmp_path / "runtime"
+    runtime.write_text("#!/bin/sh\necho \"$@\" >> %s\n"
+                       "if [ \"$1\" = cp ]; then printf '#!/bin/sh\\necho 1.19.0\\n' > \"$3\"; fi\n" % calls)
+    runtime.chmod(0o755)
+    root, rc, out = render(tmp_path, node_cilium_image="registry.example.com/mirror/cilium",
+                           node_container_runtime_bin=str(runtime), cni_cilium_cni_source="image")
+    assert rc == 0, out
+    created = [line for line in calls.read_text().splitlines() if line.startswith("create ")]
+    assert created and created[0].endswith(" registry.example.com/mirror/cilium:v1.19.0"), calls.read_text()
+    unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
+    assert '"registry.example.com/mirror/cilium:v1.19.0"' in unit
 
 
 def test_consul_token_stays_in_the_env_file(tmp_path):

@@ -1,8 +1,9 @@
 """The AWX/AAP artifacts in extras/awx/: the custom credential type passes the checks AWX applies
 when it is created (input and injector schema, every injector template renders against the
-declared inputs only), the secrets are marked secret, the controller configuration ties its
-objects together by name without a secret literal, and the execution environment definition
-fits ansible-builder's version 3 schema."""
+declared inputs only; docs/upstream.md#ansible-awx-and-related-tools) and covers every connection
+option of the modules, the secrets are marked secret, the controller configuration ties its
+objects together by name without a secret literal, the playbook that applies it runs as written,
+and the execution environment definition fits ansible-builder's version 3 schema."""
 
 import copy
 import json
@@ -24,7 +25,13 @@ NAME_RE = re.compile(r"^[a-zA-Z_]+[a-zA-Z0-9_]*$")
 FILE_KEY_RE = re.compile(r"^template(\.[a-zA-Z_]+[a-zA-Z0-9_]*)?$")
 FIELD_KEYS = {"id", "label", "type", "format", "choices", "help_text", "multiline", "secret", "ask_at_runtime",
               "default"}
-SECRET_ID = re.compile(r"token|password|secret|private_key|passphrase", re.I)
+SECRET_ID = re.compile(r"token|password|secret|private_key|passphrase|_key$", re.I)
+# AWX refuses these names in a credential type's env injectors (awx/main/constants.py ENV_BLOCKLIST),
+# and any name starting with ANSIBLE_.
+ENV_BLOCKLIST = {"VIRTUAL_ENV", "PATH", "PYTHONPATH", "JOB_ID", "INVENTORY_ID", "INVENTORY_SOURCE_ID",
+                 "INVENTORY_UPDATE_ID", "AD_HOC_COMMAND_ID", "REST_API_URL", "REST_API_TOKEN", "MAX_EVENT_RES",
+                 "CALLBACK_QUEUE", "CALLBACK_CONNECTION", "CACHE", "JOB_CALLBACK_DEBUG", "INVENTORY_HOSTVARS",
+                 "AWX_HOST", "PROJECT_REVISION", "SUPERVISOR_WEB_CONFIG_PATH"}
 
 
 class _UnsafeLoader(yaml.SafeLoader):
@@ -85,6 +92,7 @@ def check_credential_type(ctype):
     assert not ("template" in files and len(files) > 1), "multi-file syntax needed for several files"
     for name, value in injectors.get("env", {}).items():
         assert NAME_RE.match(name) and not name.startswith("ANSIBLE_"), name
+        assert name not in ENV_BLOCKLIST, name
         assert all(ord(c) < 128 for c in value)
     assert all(NAME_RE.match(name) for name in injectors.get("extra_vars", {}))
 
@@ -120,6 +128,14 @@ def test_the_checks_catch_an_undeclared_input(credential_type):
     reserved["injectors"]["env"]["ANSIBLE_CONFIG"] = "{{ consul_address }}"
     with pytest.raises(AssertionError):
         check_credential_type(reserved)
+    blocked = copy.deepcopy(credential_type)
+    blocked["injectors"]["env"]["PATH"] = "{{ consul_address }}"
+    with pytest.raises(AssertionError):
+        check_credential_type(blocked)
+    unknown_file = copy.deepcopy(credential_type)
+    unknown_file["injectors"]["env"]["X_FILE"] = "{{ tower.filename.not_written }}"
+    with pytest.raises(UndefinedError):
+        check_credential_type(unknown_file)
 
 
 def test_secret_inputs_are_marked_secret_and_all_inputs_are_injected(credential_type):
@@ -146,11 +162,70 @@ def test_injected_names_match_what_the_collection_reads(credential_type):
         assert '"%s"' % name in code, "%s is not read by netreap.cilium" % name
     for name in credential_type["injectors"]["extra_vars"]:
         assert name.startswith("netreap_")
-    # every secret also reaches the extra variables: env does not travel to the nodes
+    # every token and password also reaches the extra variables: env does not travel to the nodes
+    # (PEM inputs become files in the execution environment, for the controller side only)
     extra = " ".join(credential_type["injectors"]["extra_vars"].values())
     for field in credential_type["inputs"]["fields"]:
-        if field.get("secret"):
+        if field.get("secret") and not field.get("multiline"):
             assert field["id"] in extra
+
+
+def _fragment_options(name):
+    """Options of a doc fragment (plugins/doc_fragments/_<name>.py) -> the E(...) variables its text names."""
+    with open(os.path.join(ROOT, "plugins", "doc_fragments", "_%s.py" % name)) as handle:
+        text = handle.read()
+    doc = yaml.safe_load(text[text.index('r"""') + 4:text.rindex('"""')])
+    return {option: set(re.findall(r"E\(([A-Z_]+)\)", " ".join(spec["description"])))
+            for option, spec in doc["options"].items()}
+
+
+# Connection options the credential leaves out on purpose, and why.
+NOT_INJECTED = {
+    "consul_token_file": "the token itself is an input",
+    "consul_use_ssl": "the address carries the scheme",
+    "consul_validate_certs": "verification stays on; give the CA instead",
+    "consul_ca_path": "a directory cannot be a credential input; consul_ca_cert is the CA",
+    "consul_datacenter": "a per-play choice, not a credential",
+    "consul_timeout": "not a credential",
+    "nomad_namespace": "the modules read every namespace the token may read",
+    "nomad_validate_certs": "verification stays on; give the CA instead",
+    "nomad_ca_path": "a directory cannot be a credential input; nomad_ca_cert is the CA",
+    "nomad_timeout": "not a credential",
+    "etcd_config": "a file on the node, written by the agent role",
+    "etcd_validate_certs": "verification stays on; give the CA instead",
+    "etcd_tls_server_name": "no environment variable; set netreap_etcd_tls_server_name as an extra variable",
+    "etcd_timeout": "not a credential",
+}
+
+
+def test_every_connection_option_of_the_modules_is_covered(credential_type):
+    """Each connection option of the modules is injected (through an environment variable the
+    module reads), or left out for a stated reason."""
+    env = credential_type["injectors"]["env"]
+    for service in ("consul", "nomad", "etcd"):
+        for option, variables in _fragment_options(service).items():
+            if option in NOT_INJECTED:
+                assert not variables & set(env), "%s is injected after all: drop it from NOT_INJECTED" % option
+                continue
+            assert variables & set(env), "%s (%s) is not injected" % (option, ", ".join(sorted(variables)) or "no env")
+
+
+def test_tls_inputs_become_files_in_the_execution_environment(credential_type):
+    """CA, client certificate and key of etcd, Consul and Nomad are written to files (AWX's
+    multi-file injector) and the environment names them - only when the input is set, since an
+    empty file is no certificate."""
+    pem = [f["id"] for f in credential_type["inputs"]["fields"] if f.get("multiline")]
+    assert sorted(pem) == sorted("%s_%s" % (s, k) for s in ("etcd", "consul", "nomad")
+                                 for k in ("ca_cert", "client_cert", "client_key"))
+    files = credential_type["injectors"]["file"]
+    env = credential_type["injectors"]["env"]
+    for field_id in pem:
+        (file_key,) = [k for k, v in files.items() if v == "{{ %s }}" % field_id]
+        (env_name,) = [k for k, v in env.items() if "tower.filename.%s " % file_key.split(".", 1)[1] in v]
+        template = ImmutableSandboxedEnvironment(undefined=Undefined).from_string(env[env_name])
+        tower = type("Tower", (), {"filename": type("F", (), {file_key.split(".", 1)[1]: "/runner/env/tmpX"})})
+        assert template.render({field_id: "-----BEGIN CERTIFICATE-----", "tower": tower}) == "/runner/env/tmpX"
+        assert template.render({"tower": tower}) == ""
 
 
 def test_missing_optional_inputs_render_empty(credential_type):
@@ -215,17 +290,31 @@ def test_controller_objects_reference_each_other_by_name(controller):
 
 def test_the_inventory_has_the_controller_group(controller):
     """netreap.cilium.reap runs its once-per-run steps on group `reaper`; the inventory source only
-    lists Nomad clients, so the configuration adds the execution environment's own localhost."""
+    lists Nomad clients, so the configuration adds the execution environment's own localhost to
+    every inventory a job template uses."""
     inventories = _names(controller, "controller_inventories")
-    hosts = {h["name"]: h for h in controller["controller_hosts"]}
-    (group,) = [g for g in controller["controller_groups"] if g["name"] == "reaper"]
-    assert group["inventory"] in inventories and group["hosts"]
+    hosts = {(h["inventory"], h["name"]): h for h in controller["controller_hosts"]}
+    groups = {g["inventory"]: g for g in controller["controller_groups"] if g["name"] == "reaper"}
     ee = load_yaml("execution-environment.yml")
-    for name in group["hosts"]:
-        assert hosts[name]["inventory"] == group["inventory"]
-        assert hosts[name]["variables"]["ansible_connection"] == "local"
-        assert hosts[name]["variables"]["ansible_python_interpreter"] == \
-            ee["dependencies"]["python_interpreter"]["python_path"]
+    for template in controller["controller_templates"]:
+        group = groups[template["inventory"]]
+        assert group["inventory"] in inventories and group["hosts"]
+        for name in group["hosts"]:
+            variables = hosts[(group["inventory"], name)]["variables"]
+            assert variables["ansible_connection"] == "local"
+            assert variables["ansible_python_interpreter"] == ee["dependencies"]["python_interpreter"]["python_path"]
+
+
+def test_the_heartbeat_does_not_wait_for_a_nomad_inventory_update(controller):
+    """The every-minute heartbeat reaches no node: its inventory has no source that AWX would
+    update (from the Nomad API) before each run, and it carries no SSH credential."""
+    templates = {t["name"]: t for t in controller["controller_templates"]}
+    heartbeat = templates["netreap.cilium heartbeat"]
+    sourced = {s["inventory"] for s in controller["controller_inventory_sources"]}
+    assert heartbeat["inventory"] not in sourced
+    assert templates["netreap.cilium reap"]["inventory"] in sourced
+    types = {c["name"]: c["credential_type"] for c in controller["controller_credentials"]}
+    assert "Machine" not in {types[c] for c in heartbeat["credentials"]}
 
 
 def test_heartbeat_job_runs_only_the_heartbeat_every_minute(controller):
@@ -244,6 +333,61 @@ def test_no_secret_literal_in_the_controller_config(controller, credential_type)
         for key, value in cred["inputs"].items():
             if key in secret_ids:
                 assert re.match(r"^\{\{ vault_\w+( \| default\(''\))? \}\}$", value), "%s.%s" % (cred["name"], key)
+
+
+def test_the_node_duties_get_their_rights(controller):
+    """reap.yml runs the node duties with become (the agent's socket is 0660 root:cilium): the
+    Machine credential of the reap template says how, and no template turns become off."""
+    templates = {t["name"]: t for t in controller["controller_templates"]}
+    credentials = {c["name"]: c for c in controller["controller_credentials"]}
+    machine = [credentials[c] for c in templates["netreap.cilium reap"]["credentials"]
+               if credentials[c]["credential_type"] == "Machine"]
+    assert len(machine) == 1 and machine[0]["inputs"]["become_method"] == "sudo"
+    for template in controller["controller_templates"]:
+        assert "netreap_node_become" not in (template.get("extra_vars") or {})
+
+
+def test_configure_playbook_runs_as_written(tmp_path):
+    """configure-controller.yml (shown in docs/awx.md) loads controller-config.yml, takes the
+    controller connection from CONTROLLER_* and hands both to the dispatch role of the collection
+    requirements.yml pins - here a stand-in role that records what it receives."""
+    with open(os.path.join(AWX, "configure-controller.yml")) as handle:
+        playbook_text = handle.read()
+    with open(os.path.join(ROOT, "docs", "awx.md")) as handle:
+        assert playbook_text.split("\n- name:", 1)[1] in handle.read(), "docs/awx.md shows another playbook"
+    (play,) = yaml.safe_load(playbook_text)
+    assert "awx.awx" in play["collections"]
+    (role,) = play["roles"]
+    namespace, name, unused = role["role"].split(".")
+    requirements = {c["name"]: c.get("version") for c in load_yaml("requirements.yml")["collections"]}
+    assert "awx.awx" in requirements
+    # the release whose dispatch applies controller_groups (docs/upstream.md#ansible-awx-and-related-tools)
+    assert requirements["%s.%s" % (namespace, name)] == "2.11.0"
+
+    seen = tmp_path / "seen.json"
+    role_dir = tmp_path / "ansible_collections" / namespace / name / "roles" / "dispatch" / "tasks"
+    role_dir.mkdir(parents=True)
+    (role_dir.parent.parent.parent / "galaxy.yml").write_text(
+        "namespace: %s\nname: %s\nversion: 2.11.0\nauthors: [test]\nreadme: README.md\n" % (namespace, name))
+    (role_dir / "main.yml").write_text(yaml.safe_dump([{"name": "Record", "ansible.builtin.copy": {
+        "dest": str(seen), "mode": "0600",
+        "content": "{{ {'host': controller_hostname, 'user': controller_username, 'password': controller_password,"
+                   " 'groups': controller_groups, 'templates': controller_templates | map(attribute='name') | list}"
+                   " | to_json }}"}}]))
+    secrets = {"vault_netreap_consul_token": "c", "vault_netreap_nomad_token": "n",
+               "vault_netreap_etcd_password": "e", "vault_netreap_ssh_private_key": "k"}
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+               ANSIBLE_COLLECTIONS_PATH=str(tmp_path), CONTROLLER_HOST="https://awx.example.com",
+               CONTROLLER_USERNAME="admin", CONTROLLER_PASSWORD="pw")
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+                           os.path.join(AWX, "configure-controller.yml"), "-e", json.dumps(secrets),
+                           "-e", "ansible_python_interpreter=" + sys.executable],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(seen.read_text())
+    assert (got["host"], got["user"], got["password"]) == ("https://awx.example.com", "admin", "pw")
+    assert {g["inventory"] for g in got["groups"] if g["name"] == "reaper"} >= {"Nomad clients (netreap)"}
+    assert "netreap.cilium heartbeat" in got["templates"]
 
 
 def test_project_playbook_runs_the_collection_playbook():

@@ -1,11 +1,14 @@
 """The Nomad periodic job specs in extras/nomad/: what `nomad job validate` would check that we
 can check here (job type, periodic spec, task groups and tasks, driver config), the rules of
 this project (no overlap, secrets only from Nomad Variables into the secrets directory, the
-implicit variable path of the job), and that the HCL and its JSON form agree."""
+implicit variable path of the job, secret files owned by the image's user, the same settings as
+the AWX credential), and that the HCL and its JSON form agree - with NOMAD_BIN set, as Nomad's own
+parser reads the HCL (`nomad job run -output`, no agent needed)."""
 
 import json
 import os
 import re
+import subprocess
 import textwrap
 import zoneinfo
 
@@ -15,6 +18,11 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOMAD_DIR = os.path.join(ROOT, "extras", "nomad")
 JOBS = ["netreap-reaper", "netreap-heartbeat"]
+NOMAD_BIN = os.environ.get("NOMAD_BIN")
+# Names a template line exports: "NAME=..." at the start of the line or right after "{{ with .x }}".
+EXPORT = re.compile(r"(?:^|\}\})([A-Z][A-Z0-9_]*)=", re.M)
+# Keys of the Nomad Variable a template reads: {{ .key }} or {{ with .key }}.
+VAR_KEY = re.compile(r"\{\{-?\s*(?:with\s+)?\.([a-z][a-z0-9_]*)\s*-?\}\}")
 SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|PRIVATE", re.I)
 SECRET_VALUE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\bhvs\.|\bs\.[A-Za-z0-9]{20}|"
                           r"BEGIN [A-Z ]*PRIVATE KEY")
@@ -254,22 +262,132 @@ def test_secrets_only_come_from_the_jobs_nomad_variables(name):
                 assert paths == {"nomad/jobs/" + job["ID"]}
             env_file = [t for t in secret_templates if t.get("Envvars")]
             assert len(env_file) == 1
-            exported = re.findall(r"^([A-Z_]+)=", env_file[0]["EmbeddedTmpl"], re.M)
+            exported = EXPORT.findall(env_file[0]["EmbeddedTmpl"])
             assert {"CONSUL_HTTP_TOKEN", "NOMAD_TOKEN", "ETCDCTL_PASSWORD"} <= set(exported)
-            key = [t for t in secret_templates if t["DestPath"] == "secrets/id_ed25519"]
-            assert key and key[0]["Perms"] == "0600"
-            assert task["Env"]["ANSIBLE_PRIVATE_KEY_FILE"] == "/secrets/id_ed25519"
+            if job["ID"] == "netreap-reaper":  # the heartbeat reaches no node
+                key = [t for t in secret_templates if t["DestPath"] == "secrets/id_ed25519"]
+                assert key and key[0]["Perms"] == "0600"
+                assert task["Env"]["ANSIBLE_PRIVATE_KEY_FILE"] == "/secrets/id_ed25519"
+
+
+def ee_user():
+    with open(os.path.join(ROOT, "extras", "awx", "execution-environment.yml")) as handle:
+        return int(yaml.safe_load(handle)["options"]["user"])
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_secret_files_belong_to_the_container_user(name):
+    """Nomad renders templates as root; the image runs as its own user (UID 1000), and ssh refuses
+    a key it cannot read. Every file in secrets/ is the image user's, mode 0600."""
+    job = load(name)[0]["Job"]
+    task = job["TaskGroups"][0]["Tasks"][0]
+    secret_files = [t for t in task["Templates"] if t["DestPath"].startswith("secrets/")]
+    assert secret_files
+    for template in secret_files:
+        assert (template.get("Uid"), template.get("Gid")) == (ee_user(), ee_user()), template["DestPath"]
+        assert template["Perms"] == "0600", template["DestPath"]
+
+
+def _credential_type():
+    with open(os.path.join(ROOT, "extras", "awx", "credential-type.json")) as handle:
+        return json.load(handle)
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_connection_settings_come_from_nomad_variables_like_the_awx_credential(name):
+    """The same settings as the other schedulers: the job exports exactly the environment the AWX
+    credential injects (etcd endpoints, user, password, TLS files; Consul and Nomad addresses,
+    tokens, TLS files), from Nomad Variable keys named like the credential's inputs; each TLS
+    variable names a file that a template renders from the key of the same input."""
+    task = load(name)[0]["Job"]["TaskGroups"][0]["Tasks"][0]
+    templates = {t["DestPath"]: t for t in task["Templates"]}
+    env_template = templates["secrets/netreap.env"]["EmbeddedTmpl"]
+    credential = _credential_type()
+    exported = EXPORT.findall(env_template)
+    assert len(exported) == len(set(exported))
+    assert set(exported) == set(credential["injectors"]["env"])
+    inputs = {field["id"] for field in credential["inputs"]["fields"]}
+    keys_used = set()
+    for template in templates.values():
+        keys_used |= set(VAR_KEY.findall(template["EmbeddedTmpl"]))
+    assert inputs <= keys_used
+    assert keys_used - inputs <= ({"ssh_private_key", "ssh_known_hosts"} if name == "netreap-reaper" else set())
+    for line in env_template.splitlines():
+        match = re.search(r"\{\{ with \.(\w+) \}\}([A-Z_]+)=/secrets/([\w.-]+)\{\{ end \}\}", line)
+        if match:
+            key, unused_env, filename = match.groups()
+            assert ".%s }}" % key in templates["secrets/" + filename]["EmbeddedTmpl"]
+    assert {"ETCDCTL_ENDPOINTS", "ETCDCTL_USER", "ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY"} <= set(exported)
+    assert "127.0.0.1" not in env_template
+
+
+def test_the_reap_reaches_the_nodes_with_become():
+    """The node duties use become on the nodes (reap.yml): the job names the SSH user, says it
+    needs passwordless sudo, and does not turn become off."""
+    with open(os.path.join(NOMAD_DIR, "netreap-reaper.nomad.hcl")) as handle:
+        text = handle.read()
+    task = load("netreap-reaper")[0]["Job"]["TaskGroups"][0]["Tasks"][0]
+    assert task["Env"]["ANSIBLE_REMOTE_USER"] == "netreap"
+    assert "passwordless" in text and "sudo" in text
+    assert not any(key.startswith("ANSIBLE_BECOME") for key in task["Env"])
+    assert not any("netreap_node_become" in arg for arg in task["Config"]["args"])
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_the_documented_nomad_var_put_uses_keys_the_job_reads(name):
+    with open(os.path.join(NOMAD_DIR, name + ".nomad.hcl")) as handle:
+        text = handle.read()
+    task = load(name)[0]["Job"]["TaskGroups"][0]["Tasks"][0]
+    read = set()
+    for template in task["Templates"]:
+        read |= set(VAR_KEY.findall(template["EmbeddedTmpl"]))
+    header = text[:text.index('\njob "')]
+    command = header[header.index("nomad var put"):header.index("nomad job run")]
+    assert "nomad/jobs/%s " % name in command
+    put = set(re.findall(r"\b([a-z][a-z0-9_]*)=", command))
+    assert put and put <= read, put - read
+
+
+@pytest.mark.skipif(not NOMAD_BIN, reason="NOMAD_BIN not set (a Nomad binary parses the HCL)")
+@pytest.mark.parametrize("name", JOBS)
+def test_nomad_parses_the_hcl_into_the_json_form(name):
+    """Nomad's own parser (no agent needed) reads the HCL into exactly the API payload of the
+    .nomad.json file, and `nomad fmt` has nothing to change."""
+    hcl = os.path.join(NOMAD_DIR, name + ".nomad.hcl")
+    proc = subprocess.run([NOMAD_BIN, "job", "run", "-output", hcl], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {key: strip(item) for key, item in value.items() if item is not None}
+        if isinstance(value, list):
+            return [strip(item) for item in value]
+        return value
+
+    assert strip(json.loads(proc.stdout)) == load(name)[0]
+    json_file = os.path.join(NOMAD_DIR, name + ".nomad.json")
+    proc = subprocess.run([NOMAD_BIN, "job", "run", "-json", "-output", json_file], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([NOMAD_BIN, "fmt", "-check", hcl], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("name", JOBS)
 def test_inventory_has_the_nomad_plugin_and_the_controller_group(name):
-    """netreap.cilium.reap runs its once-per-run steps on group `reaper`: the container itself."""
+    """netreap.cilium.reap runs its once-per-run steps on group `reaper`: the container itself.
+    Only the reap lists the Nomad clients: the heartbeat reaches no node, so it does not wait for
+    (or fail with) the Nomad API."""
     job = load(name)[0]["Job"]
     task = job["TaskGroups"][0]["Tasks"][0]
     inventory_dir = task["Config"]["args"][task["Config"]["args"].index("--inventory") + 1]
     assert inventory_dir == "/local/inventory"
     files = {t["DestPath"]: t["EmbeddedTmpl"] for t in task["Templates"] if t["DestPath"].startswith("local/inventory/")}
-    assert yaml.safe_load(files["local/inventory/netreap.nomad.yml"]) == {"plugin": "netreap.cilium.nomad"}
+    if name == "netreap-reaper":
+        assert yaml.safe_load(files["local/inventory/netreap.nomad.yml"]) == {"plugin": "netreap.cilium.nomad"}
+    else:
+        assert sorted(files) == ["local/inventory/reaper.yml"]
+        assert not {"ANSIBLE_PRIVATE_KEY_FILE", "ANSIBLE_REMOTE_USER"} & set(task["Env"])
     controller = yaml.safe_load(files["local/inventory/reaper.yml"])
     (host,) = controller["reaper"]["hosts"].values()
     assert host["ansible_connection"] == "local"
@@ -337,6 +455,7 @@ def test_hcl_and_json_agree(name):
                 assert attrs.get("change_mode", "restart") == jtemplate["ChangeMode"]
                 assert attrs.get("env", False) == jtemplate.get("Envvars", False)
                 assert attrs.get("perms", "0644") == jtemplate.get("Perms", "0644")
+                assert (attrs.get("uid"), attrs.get("gid")) == (jtemplate.get("Uid"), jtemplate.get("Gid"))
 
 
 def test_hcl_reader_refuses_broken_files():

@@ -19,6 +19,12 @@ options:
     vars:
       - name: inventory_hostname
       - name: ansible_host
+  remote_user:
+    description:
+      - User the commands run as (C(podman exec --user)); the container's default (root) when unset.
+      - The node-duty scenario connects as an unprivileged user and reaches root through C(become).
+    vars:
+      - name: ansible_user
   podman_executable:
     description: podman binary.
     default: podman
@@ -44,8 +50,9 @@ class Connection(ConnectionBase):
         return self
 
     def _exec(self, command, in_data=None):
-        argv = [self.get_option("podman_executable"), "exec", "-i", self.get_option("remote_addr"),
-                "/bin/sh", "-c", command]
+        user = self.get_option("remote_user")
+        argv = [self.get_option("podman_executable"), "exec", "-i"] + (["--user", user] if user else []) \
+            + [self.get_option("remote_addr"), "/bin/sh", "-c", command]
         proc = subprocess.run(argv, input=in_data, capture_output=True, check=False)
         return proc.returncode, proc.stdout, proc.stderr
 

@@ -8,6 +8,10 @@ agent flags, so the role's health wait talks to an API-faithful agent.  The comm
 recorded in STATE/<name>.argv.json for the tests.  Test knobs, read from the --env-file like the
 real container would: NETREAP_FAKE_KVSTORE_STATE / NETREAP_FAKE_KVSTORE_MSG (kvstore health) and
 NETREAP_FAKE_START_DELAY (seconds before the socket appears).
+
+The socket gets the permissions the real agent gives it (docs/upstream.md#cilium-agent-deployment):
+mode 0660, owner root, group ``cilium`` only when the group file of the container - the image's
+own, which has no such group, or a host file mounted at /etc/group - names that group.
 """
 
 import json
@@ -61,6 +65,18 @@ def read_env_file(path):
                 name, value = line.split("=", 1)
                 env[name] = value
     return env
+
+
+def socket_group(group_file):
+    """GID of group ``cilium`` in the container's group file, or None (the image has none)."""
+    if not group_file:
+        return None
+    with open(group_file) as handle:
+        for line in handle:
+            fields = line.strip().split(":")
+            if len(fields) >= 3 and fields[0] == "cilium":
+                return int(fields[2])
+    return None
 
 
 def kill_recorded(name):
@@ -117,6 +133,10 @@ def run_agent(args):
         handle.write(str(os.getpid()))
     time.sleep(float(env.get("NETREAP_FAKE_START_DELAY", "0")))
     endpoint = httpd.serve_unix(agent, socket_path)
+    gid = socket_group(mounts.get("/etc/group"))
+    if gid is not None:
+        os.chown(socket_path, 0, gid)
+    os.chmod(socket_path, 0o660)
     print("fake cilium-agent %s serving %s" % (agent.profile["full_version"], socket_path), flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_args: stopped.set())
