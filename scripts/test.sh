@@ -3,7 +3,7 @@
 # python-nomad / real etcd, module tests against the lab, packaging), ansible-test sanity and
 # ansible-test integration (targets start their own lab).  Prints one closing summary line.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 export NETREAP_COLLECTIONS_DIR="${NETREAP_COLLECTIONS_DIR:-$ROOT/build/collections}"
 bash scripts/setup.sh || exit 1
@@ -38,6 +38,11 @@ fi
 [ $rc -eq 0 ] || failed_steps+=("pytest(rc=$rc)")
 
 step "ansible-test sanity (no ignore files)"
+# The shellcheck sanity test is skipped when shellcheck is missing: install it (Debian, as root).
+if ! command -v shellcheck >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck; } >/dev/null \
+    || echo "could not install shellcheck: its sanity test will be skipped"
+fi
 if [ -n "$(ls "$COLL"/tests/sanity/ignore-*.txt 2>/dev/null)" ]; then
   echo "tests/sanity/ignore-*.txt must not exist"; failed_steps+=("sanity-ignores")
 fi
