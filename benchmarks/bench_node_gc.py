@@ -26,6 +26,7 @@ import time
 
 from benchmarks._env import prepare
 
+
 def build(lab, total, stale):
     """``total`` node keys in the kvstore, ``total - stale`` of them known to Nomad."""
     live = total - stale
