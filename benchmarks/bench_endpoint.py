@@ -15,9 +15,7 @@ ID, then PATCH where labels differ.  It never deletes endpoints, so orphans stay
 """
 
 import argparse
-import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid

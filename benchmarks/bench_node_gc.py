@@ -18,9 +18,7 @@ Not a test: nothing is asserted.  Usage (from the repository root, after ``bash 
 """
 
 import argparse
-import os
 import shutil
-import sys
 import tempfile
 import time
 
