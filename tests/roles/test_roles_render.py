@@ -3,9 +3,10 @@
 * every role's meta/argument_specs.yml mirrors its defaults/main.yml, and ansible-doc renders it;
 * the roles render on this host under a temporary prefix (``*_manage`` switches off), and the
   units they write pass ``systemd-analyze verify`` in a --root with stub executables;
-* the agent flags follow the Cilium version; tokens stay out of the unit and the output;
-* preflight refuses overlapping pod ranges, Consul as kvstore on 1.17+ and ranges inside Docker's
-  address pools.
+* the agent flags follow the Cilium version and the Hubble settings; tokens stay out of the unit and
+  the output;
+* preflight refuses overlapping pod ranges, Consul as kvstore on 1.17+, ranges inside Docker's
+  address pools and Hubble settings the agent would not serve.
 
 Needs the collection copy from scripts/setup.sh (ANSIBLE_COLLECTIONS_PATH=build/collections).
 """
@@ -206,6 +207,59 @@ def test_local_cluster_default_can_be_overridden(tmp_path):
     assert '"--policy-default-local-cluster=true"' in unit and LOCAL_CLUSTER not in unit
 
 
+HUBBLE_TLS_FILES = {"agent_hubble_tls_cert_src": "server.crt", "agent_hubble_tls_key_src": "server.key",
+                    "agent_hubble_tls_client_ca_src": "client-ca.crt"}
+
+
+@pytest.mark.parametrize("version, variables, expected", [
+    # The flag names are the same in 1.13 to 1.19; --enable-hubble and --hubble-disable-tls are always
+    # explicit, their defaults changed in 1.17.0 and 1.18 (docs/upstream.md#cilium-agent-deployment).
+    ("1.19.0", {}, ["--enable-hubble=false"]),
+    ("1.17.10", {}, ["--enable-hubble=false"]),
+    ("1.13.18", {"agent_enable_hubble": True}, ["--enable-hubble=true", "--hubble-disable-tls=true"]),
+    ("1.19.0", {"agent_enable_hubble": True}, ["--enable-hubble=true", "--hubble-disable-tls=true"]),
+    ("1.17.10", {"agent_enable_hubble": True, "agent_hubble_listen_address": ":4244",
+                 "agent_hubble_disable_tls": True},
+     ["--enable-hubble=true", "--hubble-listen-address=:4244", "--hubble-disable-tls=true"]),
+    ("1.18.4", {"agent_enable_hubble": True, "agent_hubble_listen_address": "[::]:4244",
+                "agent_hubble_tls_cert_src": "server.crt", "agent_hubble_tls_key_src": "server.key"},
+     ["--enable-hubble=true", "--hubble-listen-address=[::]:4244", "--hubble-disable-tls=false",
+      "--hubble-tls-cert-file={config}/hubble/server.crt", "--hubble-tls-key-file={config}/hubble/server.key"]),
+    ("1.14.19", {"agent_enable_hubble": True, "agent_hubble_listen_address": "0.0.0.0:4244",
+                 **HUBBLE_TLS_FILES},
+     ["--enable-hubble=true", "--hubble-listen-address=0.0.0.0:4244", "--hubble-disable-tls=false",
+      "--hubble-tls-cert-file={config}/hubble/server.crt", "--hubble-tls-key-file={config}/hubble/server.key",
+      "--hubble-tls-client-ca-files={config}/hubble/client-ca.crt"]),
+])
+def test_hubble_flags_follow_the_settings(tmp_path, version, variables, expected):
+    """Exactly the Hubble flags the settings ask for, and the TLS files next to the agent's
+    configuration (mounted read-only into the container), the key readable by root only."""
+    sources = tmp_path / "pki"
+    sources.mkdir()
+    variables = dict(variables)
+    for name in HUBBLE_TLS_FILES:
+        if name in variables:
+            (sources / variables[name]).write_text("PEM of %s\n" % name)
+            variables[name] = str(sources / variables[name])
+    root, rc, out = render(tmp_path, node_cilium_version=version, **variables)
+    assert rc == 0, out
+    config = str(root / "etc/cilium")
+    unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
+    flags = [word.strip('"') for word in unit.split() if word.startswith(('"--enable-hubble', '"--hubble-'))]
+    assert flags == [flag.format(config=config) for flag in expected]
+    assert '"--volume=%s:%s:ro"' % (config, config) in unit
+    copied = sorted(p.name for p in (root / "etc/cilium/hubble").iterdir()) \
+        if (root / "etc/cilium/hubble").exists() else []
+    assert copied == sorted(HUBBLE_TLS_FILES[name] for name in HUBBLE_TLS_FILES if name in variables)
+    for name in copied:
+        assert (root / "etc/cilium/hubble" / name).read_text() == (sources / name).read_text()
+    if "server.key" in copied:
+        assert oct((root / "etc/cilium/hubble/server.key").stat().st_mode & 0o777) == "0o600"
+    if SYSTEMD_ANALYZE is not None:
+        code, messages = systemd_verify(root, "cilium-agent.service")
+        assert code == 0 and messages.strip() == "", messages
+
+
 def test_unit_orders_nomad_after_the_socket_and_shares_lock_and_modules(tmp_path):
     """cilium-cni waits only 30 s for the agent, so Nomad starts after the agent's socket exists;
     the iptables lock and the kernel modules of the host are mounted into the container."""
@@ -335,3 +389,28 @@ def test_preflight_refuses_a_range_with_host_bits(tmp_path):
     rc, out = playbook(tmp_path, agent_play(variables), local_hosts("node1"), "--check")
     assert rc != 0
     assert "10.200.0.1/24 has host bits set (the network is 10.200.0.0/24)" in out
+
+
+@pytest.mark.parametrize("variables, message", [
+    ({"agent_hubble_listen_address": ":4244"},
+     "agent_hubble_listen_address :4244 needs agent_enable_hubble=true."),
+    ({"agent_enable_hubble": True, "agent_hubble_listen_address": "4244", "agent_hubble_disable_tls": True},
+     "agent_hubble_listen_address 4244 is not host:port with a port from 1 to 65535"),
+    ({"agent_enable_hubble": True, "agent_hubble_listen_address": ":65536", "agent_hubble_disable_tls": True},
+     "agent_hubble_listen_address :65536 is not host:port with a port from 1 to 65535"),
+    ({"agent_enable_hubble": True, "agent_hubble_listen_address": "::4244", "agent_hubble_disable_tls": True},
+     "agent_hubble_listen_address ::4244 is not host:port"),
+    ({"agent_enable_hubble": True, "agent_hubble_listen_address": ":4244"},
+     "agent_hubble_listen_address :4244 is served with TLS and needs agent_hubble_tls_cert_src and"),
+    ({"agent_enable_hubble": True, "agent_hubble_listen_address": ":4244", "agent_hubble_tls_cert_src": "/pki/a.crt"},
+     "agent_hubble_listen_address :4244 is served with TLS and needs agent_hubble_tls_cert_src and"),
+    ({"agent_enable_hubble": True, "agent_hubble_listen_address": ":4244", "agent_hubble_disable_tls": True,
+      "agent_hubble_tls_cert_src": "/pki/a.crt", "agent_hubble_tls_key_src": "/pki/a.key"},
+     "apply only to a Hubble listen address with TLS, and agent_hubble_disable_tls is true"),
+    ({"agent_enable_hubble": True, "agent_hubble_tls_client_ca_src": "/pki/ca.crt"},
+     "apply only to a Hubble listen address with TLS, and agent_hubble_listen_address is empty"),
+])
+def test_preflight_refuses_bad_hubble_settings(tmp_path, variables, message):
+    rc, out = playbook(tmp_path, agent_play(render_vars(tmp_path, **variables)), local_hosts("node1"), "--check")
+    assert rc != 0
+    assert message in " ".join(out.split()), out
