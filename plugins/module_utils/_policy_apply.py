@@ -3,10 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Internal to netreap.cilium (not a public API): applying a policy plan to a Cilium agent.
 
-Reading the agent (capabilities, rules, flags), choosing the apply method, running a REST plan
+Reading the agent (capabilities, rules, flags), running a REST plan
 (``PUT /policy`` with ``replace-with-labels``, or add-then-delete by revision label), and the
-static policy directory (atomic file writes, waiting until the agent has loaded them).  The plans
-themselves come from the pure code in ``_policy.py``.
+static policy directory (listing it for the planner; atomic file writes, waiting until the agent
+has loaded them).  The plans themselves come from the pure code in ``_policy_plan.py``.
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ from ansible.module_utils.common.text.converters import to_text
 
 from ansible_collections.netreap.cilium.plugins.module_utils._cilium import agent_capabilities
 from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
-from ansible_collections.netreap.cilium.plugins.module_utils import _policy as pol
-
-
-class PolicyFailure(Exception):
-    """Fail the module with this message (and these extra result fields)."""
-
-    def __init__(self, msg, **extra):
-        super().__init__(msg)
-        self.msg = msg
-        self.extra = extra
+from ansible_collections.netreap.cilium.plugins.module_utils._policy_decode import (
+    STATIC_PREFIX,
+    STATIC_SUFFIX,
+    PolicyFailure,
+    parse_version,
+)
+from ansible_collections.netreap.cilium.plugins.module_utils._policy_plan import files_in_agent
+from ansible_collections.netreap.cilium.plugins.module_utils._policy_render import is_static_file_name
 
 
 # -- the agent ------------------------------------------------------------------------------------
@@ -42,49 +40,11 @@ def read_agent(client, static_dir):
     minor = None
     if caps["version"]:
         try:
-            minor = pol.parse_version(caps["version"])
+            minor = parse_version(caps["version"])
         except ValueError:
             minor = None
     return dict(caps=caps, rules=rules, revision=revision, minor=minor,
                 flags={k: v for k, v in flags.items() if isinstance(v, bool)})
-
-
-def choose_method(requested, agent, static_dir):
-    caps = agent["caps"]
-    version = caps["version"] or "of unknown version"
-    if requested == "auto":
-        if caps["policy_methods"]:
-            return caps["policy_methods"][0]
-        if caps["version"] is None:
-            # Only a 1.18+ agent whose status probes have not all run yet reports no version (the kvstore
-            # state does not matter: docs/upstream.md#cilium-healthz-version); a static policy directory works
-            # whatever the version (the agent has one only from 1.16), so use it when we know it.
-            if static_dir:
-                return "static-dir"
-            raise PolicyFailure("the Cilium agent reports no version, so the apply method cannot be chosen: "
-                                "set method")
-        if caps["static_policy_supported"]:
-            raise PolicyFailure("Cilium %s has no REST policy write API (removed in 1.19): set static_policy_dir "
-                                "to the agent's --static-cnp-path" % version)
-        raise PolicyFailure("Cilium %s offers no way to apply policy" % version)
-    known = caps["version"] is not None
-    if requested == "replace-with-labels" and known and not caps["replace_with_labels"]:
-        raise PolicyFailure("method replace-with-labels needs Cilium 1.15 to 1.18; the agent is %s (use %s)" % (
-            version, "add-then-delete" if caps["rest_policy_write"] else "static-dir"))
-    if requested == "add-then-delete" and known and not caps["rest_policy_write"]:
-        raise PolicyFailure("method add-then-delete needs the REST policy API (Cilium up to 1.18); the agent is "
-                            "%s (use static-dir)" % version)
-    if requested == "static-dir":
-        if known and not caps["static_policy_supported"]:
-            raise PolicyFailure("method static-dir needs Cilium 1.16 or later (--static-cnp-path); the agent is %s"
-                                % version)
-        if not static_dir:
-            raise PolicyFailure("method static-dir needs static_policy_dir (the agent's --static-cnp-path)")
-    return requested
-
-
-def rest_writable(agent):
-    return agent["caps"]["rest_policy_write"] or agent["caps"]["version"] is None
 
 
 def put_failure(client, agent, exc):
@@ -124,25 +84,22 @@ def execute_rest(client, agent, plan):
 
 # -- static policy files ---------------------------------------------------------------------------
 
-def read_static_dir(path, required):
-    """``{name: content}`` of the ``*.yaml`` files (content only for names we could own) and our
-    temp files; ``{}`` for a missing directory unless ``required``."""
+def read_static_dir(path):
+    """The listing the planner takes: ``{name: content}`` of the ``*.yaml`` files (content only for
+    names we could own) and our temp files; None for a missing directory."""
     if not os.path.isdir(path):
-        if not required:
-            return {}
-        raise PolicyFailure("static_policy_dir %s does not exist or is not a directory (create it and start the "
-                            "agent with --static-cnp-path=%s)" % (path, path))
+        return None
     out = {}
     try:
         names = sorted(os.listdir(path))
     except OSError as exc:
         raise PolicyFailure("cannot list static_policy_dir %s: %s" % (path, to_text(exc)))
     for name in names:
-        if name.startswith("." + pol.STATIC_PREFIX) and name.endswith(".tmp"):
+        if name.startswith("." + STATIC_PREFIX) and name.endswith(".tmp"):
             out[name] = None
-        elif name.endswith(pol.STATIC_SUFFIX):
+        elif name.endswith(STATIC_SUFFIX):
             content = None
-            if pol.is_static_file_name(name):
+            if is_static_file_name(name):
                 try:
                     with open(os.path.join(path, name), "rb") as handle:
                         content = to_text(handle.read(), errors="surrogate_or_replace")
@@ -173,18 +130,6 @@ def write_atomically(directory, name, content):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def files_in_agent(rules):
-    """Names of the policy files the agent has rules from: their labels, or on Cilium 1.19 the
-    ``Labels`` of its ``PolicyEntry`` objects (one or more per rule; every rule 1.17+ accepts has
-    at least one ingress/egress item, so at least one entry): docs/upstream.md#get-policy-in-119-policyentry."""
-    names = set()
-    for rule in rules:
-        value = pol.label_value(rule, pol.DIRECTORY_FILE_KEY, pol.DIRECTORY_SOURCE)
-        if value:
-            names.add(value)
-    return names
 
 
 def wait_for_files(client, present, absent, timeout, sleep=time.sleep, clock=time.monotonic):

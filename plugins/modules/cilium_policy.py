@@ -276,8 +276,6 @@ files_removed:
   sample: []
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_text
 
@@ -291,260 +289,144 @@ from ansible_collections.netreap.cilium.plugins.module_utils._consul import (
     fail_on_key_options,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
-from ansible_collections.netreap.cilium.plugins.module_utils import _policy as pol
 from ansible_collections.netreap.cilium.plugins.module_utils._policy_apply import (
-    PolicyFailure,
-    choose_method,
     execute_rest,
     execute_static,
-    files_in_agent,
     read_agent,
     read_static_dir,
-    rest_writable,
+)
+from ansible_collections.netreap.cilium.plugins.module_utils._policy_decode import (
+    DEFAULT_CONSUL_KEY,
+    OWNER_LABEL,
+    PolicyFailure,
+    format_version,
+    policy_revision,
+)
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy_plan as planner
+from ansible_collections.netreap.cilium.plugins.module_utils._policy_validate import (
+    PolicyValidationError,
+    validate_rules,
 )
 
 
-# -- input ---------------------------------------------------------------------------------------
-
-def read_source_file(path):
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except (IOError, OSError) as exc:
-        raise PolicyFailure("cannot read policy file %s: %s" % (path, to_text(exc)))
-    try:
-        return pol.normalize_rules(data)
-    except pol.PolicyInputError as exc:
-        raise pol.PolicyInputError("policy file %s: %s" % (path, exc))
-
-
-def desired_rules(params, consul_entry):
-    if params["state"] == "absent":
-        return []
-    try:
-        if params["from_consul"]:
-            if consul_entry is None:
-                raise PolicyFailure("Consul key %s does not exist: nothing to apply (publish a policy first; "
-                                    "publish an empty list [] to remove our rules)" % params["consul_key"])
-            value = consul_entry.get("Value") or b""
-            if not value.strip():
-                raise PolicyFailure("Consul key %s is empty: nothing to apply (publish an empty list [] to "
-                                    "remove our rules)" % params["consul_key"])
-            return pol.normalize_rules(value)
-        if params["src"] is not None:
-            return read_source_file(params["src"])
-        return pol.normalize_rules(params["rules"])
-    except pol.PolicyInputError as exc:
-        where = "Consul key %s: " % params["consul_key"] if params["from_consul"] else ""
-        raise PolicyFailure("%sinvalid policy: %s; nothing was published or applied" % (where, exc))
-
-
-def validation_targets(params, agent):
-    """The local agent's version with its flags (when applying), plus ``cilium_versions``; every
-    supported version when there is neither (publishing or validating for a whole cluster)."""
-    try:
-        releases = sorted({pol.parse_release(v) for v in params["cilium_versions"] or []},
-                          key=lambda r: (r[0], 10 ** 6 if r[1] is None else r[1]))
-    except ValueError as exc:
-        raise PolicyFailure("cilium_versions: %s" % exc)
-    targets = []
-    if agent is not None and agent["minor"] is not None:
-        flags = agent["flags"]
-        try:  # the agent's patch release decides the wording of its messages
-            patch = pol.parse_release(agent["caps"]["version"])[1]
-        except (KeyError, TypeError, ValueError):
-            patch = None
-        targets.append(pol.ValidationTarget(agent["minor"], flags.get("EnableL7Proxy"),
-                                            flags.get("EnableNodeSelectorLabels"), flags.get("EnableICMPRules"),
-                                            patch=patch))
-    elif not releases:
-        releases = [(m, None) for m in pol.SUPPORTED_MINORS]
-    return targets + [pol.ValidationTarget(m, patch=p) for m, p in releases if m not in {t.minor for t in targets}]
-
-
-# -- diff ------------------------------------------------------------------------------------------
-
-def refs_text(refs):
-    return "".join("%s %s\n" % (ref, digest) for ref, digest in refs)
-
-
-# -- main ------------------------------------------------------------------------------------------
-
-def run(module):
-    params = module.params
-    check = module.check_mode
-    sources = [k for k in ("rules", "src") if params[k] is not None] + (["from_consul"] if params["from_consul"] else [])
-    if len(sources) > 1:
-        raise PolicyFailure("parameters are mutually exclusive: %s" % ", ".join(sources))
-    if params["state"] == "present" and not sources:
-        raise PolicyFailure("state=present needs one of rules, src or from_consul")
-    if params["state"] == "absent" and (sources or params["publish"] or not params["apply"]):
-        raise PolicyFailure("state=absent removes this collection's rules from the local agent: it needs "
-                            "apply=true and takes no rules, src, from_consul or publish")
-    if params["publish"] and params["from_consul"]:
-        raise PolicyFailure("publish and from_consul together would write back what was read; choose one")
-
-    result = dict(changed=False, published=False, applied=False)
-    diffs = []
+def read(params):
+    """Everything the plan needs, with no write: the Consul entry, the source file, the agent, the
+    static directory's listing."""
+    seen = dict(entry=None, consul=None, src_data=None, agent=None, client=None, listing=None)
     key = params["consul_key"]
-
-    # 1. read everything, write nothing
-    entry, index, consul = None, 0, None
     if params["publish"] or params["from_consul"]:
         try:
-            consul = ConsulClient.from_params(params)
-            entry, index = consul.kv_get(key)
+            seen["consul"] = ConsulClient.from_params(params)
+            seen["entry"] = seen["consul"].kv_get(key)[0]
         except ValueError as exc:
             raise PolicyFailure("Consul connection options: %s" % to_text(exc))
         except ServiceError as exc:
             raise PolicyFailure(failure_message("read Consul key %s" % key, exc), status=exc.status)
-        result.update(consul_key=key, consul_index=entry["ModifyIndex"] if entry else 0)
-    desired = desired_rules(params, entry)
-    result.update(rule_count=len(desired), policy_hash=pol.policy_revision(desired))
-
-    agent, client, static_dir = None, None, params["static_policy_dir"]
-    if params["apply"]:
-        client = CiliumClient.from_params(params)
+    if params["src"] is not None and params["state"] == "present":
         try:
-            agent = read_agent(client, static_dir)
+            with open(params["src"], "rb") as handle:
+                seen["src_data"] = handle.read()
+        except (IOError, OSError) as exc:
+            raise PolicyFailure("cannot read policy file %s: %s" % (params["src"], to_text(exc)))
+    if params["apply"]:
+        seen["client"] = CiliumClient.from_params(params)
+        try:
+            seen["agent"] = read_agent(seen["client"], params["static_policy_dir"])
         except ServiceError as exc:
-            raise PolicyFailure(failure_message("read Cilium agent at %s" % client.socket_path, exc),
+            raise PolicyFailure(failure_message("read Cilium agent at %s" % seen["client"].socket_path, exc),
                                 status=exc.status)
+        if params["static_policy_dir"]:
+            seen["listing"] = read_static_dir(params["static_policy_dir"])
+    return seen
+
+
+def plan(params, seen, warn):
+    """What to publish and apply, the result fields and the diffs (no I/O)."""
+    entry, agent = seen["entry"], seen["agent"]
+    desired = planner.desired_rules(params, entry, seen["src_data"])
+    result = dict(changed=False, published=False, applied=False, rule_count=len(desired),
+                  policy_hash=policy_revision(desired))
+    if params["publish"] or params["from_consul"]:
+        result.update(consul_key=params["consul_key"], consul_index=entry["ModifyIndex"] if entry else 0)
+    if agent is not None:
         result.update(agent_version=agent["caps"]["version"], policy_revision=agent["revision"],
                       previous_policy_revision=agent["revision"])
-
-    # 2. validate, and plan every write
-    targets = validation_targets(params, agent)
-    result["validated_for"] = [pol.format_version(t.minor) for t in sorted(targets, key=lambda t: t.minor)]
+    targets = planner.validation_targets(params, agent)
+    result["validated_for"] = [format_version(t.minor) for t in sorted(targets, key=lambda t: t.minor)]
     try:
-        pol.validate_rules(desired, targets)
-    except pol.PolicyValidationError as exc:
+        validate_rules(desired, targets)
+    except PolicyValidationError as exc:
         raise PolicyFailure("%s; nothing was published or applied" % exc, validated_for=result["validated_for"])
-
-    publish_plan = None
+    todo = dict(publish=None, apply=None, diffs=[])
     if params["publish"]:
-        value = pol.consul_value(desired)
-        size = len(value.encode("utf-8"))
-        if size > pol.CONSUL_MAX_VALUE_SIZE:
-            raise PolicyFailure("the policy is %d bytes as JSON, more than Consul's limit of %d bytes (512 KiB) for "
-                                "one value; nothing was published or applied" % (size, pol.CONSUL_MAX_VALUE_SIZE))
-        old_rules, old_text = None, None
-        if entry is not None:
-            old_text = to_text(entry.get("Value") or b"", errors="surrogate_or_replace")
-            try:
-                old_rules = pol.normalize_rules(entry.get("Value") or b"")
-            except pol.PolicyInputError as exc:
-                module.warn("the current value of Consul key %s is not a valid policy (%s); publishing replaces "
-                            "it" % (key, exc))
-        changes = pol.diff_refs(pol.rule_refs(old_rules or []), pol.rule_refs(desired))
-        publish_plan = dict(value=value, changed=old_rules != desired, cas=entry["ModifyIndex"] if entry else 0)
-        result.update(publish_changes=changes, published=publish_plan["changed"])
-        if publish_plan["changed"]:
-            diffs.append(dict(before_header="consul:%s" % key, after_header="consul:%s" % key,
-                              before=old_text or "", after=value))
-
-    apply_plan = None
+        todo["publish"], fields, diffs, warnings = planner.plan_publish(params["consul_key"], entry, desired)
+        result.update(fields)
+        todo["diffs"] += diffs
+        for text in warnings:
+            warn(text)
     if agent is not None:
-        apply_plan = plan_apply(module, client, agent, desired, static_dir, result, diffs)
-
-    # 3. write: Consul first (a lost race stops everything), then the agent
-    if publish_plan and publish_plan["changed"] and not check:
-        try:
-            won = consul.kv_put(key, publish_plan["value"], cas=publish_plan["cas"])
-        except ServiceError as exc:
-            raise PolicyFailure("%s; nothing was applied" % failure_message("publish policy to Consul key %s" % key,
-                                                                            exc), status=exc.status)
-        if not won:
-            raise PolicyFailure(
-                "Consul key %s was changed by someone else after it was read at index %s (check-and-set failed): "
-                "nothing was published or applied; run again to publish on top of the new value"
-                % (key, publish_plan["cas"] or "0, when it did not exist"), published=False)
-    result["changed"] = bool(result["published"])
-
-    if apply_plan is not None:
-        run_apply(module, client, agent, apply_plan, static_dir, result)
-        result["changed"] = result["changed"] or result["applied"]
-    if module._diff and diffs:
-        result["diff"] = diffs
-    return result
+        todo["apply"], fields, diffs = planner.plan_apply(
+            params["state"], params["method"], agent, desired, params["static_policy_dir"], seen["listing"],
+            seen["client"].socket_path)
+        result.update(fields)
+        todo["diffs"] += diffs
+    return result, todo
 
 
-def plan_apply(module, client, agent, desired, static_dir, result, diffs):
-    """Decide how the agent's rules and the static directory change; no writes."""
-    absent = module.params["state"] == "absent"
-    method = None if absent else choose_method(module.params["method"], agent, static_dir)
-    owned = [r for r in agent["rules"] if pol.is_owned_rule(r)]
-    existing = read_static_dir(static_dir, required=method == "static-dir") if static_dir else None
-    plan = dict(method=method, rest=None, static=None, rest_cleanup=False)
-    if method in ("replace-with-labels", "add-then-delete"):
-        plan["rest"] = pol.plan_rest(desired, agent["rules"], method, agent["revision"])
-        changes = plan["rest"]["diff"]
-        if existing:  # files of an earlier static-dir run go once the REST rules are in force
-            plan["static"] = pol.plan_static([], existing)
-    elif method == "static-dir":
-        # REST rules of an earlier run go once the files are loaded
-        plan["rest_cleanup"] = bool(owned) and rest_writable(agent)
-        plan["static"] = pol.plan_static(desired, existing, len(owned) if plan["rest_cleanup"] else 0)
-        if plan["static"]["conflicts"]:
-            raise PolicyFailure("%s already holds %s, which this collection did not write: rename or remove it; "
-                                "nothing was published or applied" % (static_dir, ", ".join(plan["static"]["conflicts"])))
-        changes = plan["static"]["diff"]
-    else:  # state=absent: every rule and file of ours, by whatever method it got there
-        if owned and rest_writable(agent):
-            plan["rest"] = pol.plan_rest([], agent["rules"], "replace-with-labels")
-        old = pol.agent_rule_refs(agent["rules"])
-        if existing:
-            plan["static"] = pol.plan_static([], existing)
-            old += [(pol.static_header_ref(existing[n]) or n, n) for n in plan["static"]["remove"]]
-        changes = pol.diff_refs(old, [])
-    result.update(method=method, apply_changes=changes)
-    if plan["static"] is not None:
-        result.update(files_written=sorted(plan["static"]["write"]), files_removed=plan["static"]["remove"])
-    result["applied"] = bool((plan["rest"] and plan["rest"]["changed"]) or (plan["static"] and plan["static"]["changed"]))
-    if plan["rest"] is not None and plan["rest"]["changed"]:
-        header = "cilium:%s (rules owned by netreap.cilium: name digest)" % client.socket_path
-        diffs.append(dict(before_header=header, after_header=header,
-                          before=refs_text(pol.agent_rule_refs(agent["rules"])),
-                          after=refs_text(pol.rule_refs(desired))))
-    if plan["static"] is not None:
-        for name in sorted(set(plan["static"]["write"]) | set(plan["static"]["remove"])):
-            path = os.path.join(static_dir, name)
-            diffs.append(dict(before_header=path, after_header=path, before=plan["static"]["before"].get(name, ""),
-                              after=plan["static"]["write"].get(name, "")))
-    return plan
+def publish(params, seen, todo):
+    """Consul first: a lost race stops everything."""
+    key, cas = params["consul_key"], todo["publish"]["cas"]
+    try:
+        won = seen["consul"].kv_put(key, todo["publish"]["value"], cas=cas)
+    except ServiceError as exc:
+        raise PolicyFailure("%s; nothing was applied" % failure_message("publish policy to Consul key %s" % key, exc),
+                            status=exc.status)
+    if not won:
+        raise PolicyFailure(
+            "Consul key %s was changed by someone else after it was read at index %s (check-and-set failed): "
+            "nothing was published or applied; run again to publish on top of the new value"
+            % (key, cas or "0, when it did not exist"), published=False)
 
 
-def run_apply(module, client, agent, plan, static_dir, result):
-    if not result["applied"] or module.check_mode:
-        if plan["method"] == "static-dir" and not module.check_mode:
-            warn_unloaded(module, agent, plan)
-        return
+def apply(params, seen, todo, result):
+    """Then the agent: the static files, the REST rules, or both (an earlier method's leftovers)."""
+    client, agent, steps = seen["client"], seen["agent"], todo["apply"]
+    static_dir, timeout = params["static_policy_dir"], params["static_load_timeout"]
     revision = agent["revision"]
-    timeout = module.params["static_load_timeout"]
-    if plan["static"] is not None and plan["method"] == "static-dir":
-        revision, written, removed = execute_static(client, agent, plan["static"], static_dir, timeout)
+    if steps["static"] is not None and steps["method"] == "static-dir":
+        revision, written, removed = execute_static(client, agent, steps["static"], static_dir, timeout)
         result.update(files_written=written, files_removed=removed)
-        if plan["rest_cleanup"]:
-            agent = dict(agent, revision=revision)
-            revision = execute_rest(client, agent, dict(put=None, delete=[[pol.OWNER_LABEL]]))
+        if steps["rest_cleanup"]:
+            revision = execute_rest(client, dict(agent, revision=revision), dict(put=None, delete=[[OWNER_LABEL]]))
     else:
-        if plan["rest"] is not None and plan["rest"]["changed"]:
-            revision = execute_rest(client, agent, plan["rest"])
-        if plan["static"] is not None and plan["static"]["changed"]:
+        if steps["rest"] is not None and steps["rest"]["changed"]:
+            revision = execute_rest(client, agent, steps["rest"])
+        if steps["static"] is not None and steps["static"]["changed"]:
             revision, written, removed = execute_static(client, dict(agent, revision=revision),
-                                                        plan["static"], static_dir, timeout)
+                                                        steps["static"], static_dir, timeout)
             result.update(files_written=written, files_removed=removed)
     result["policy_revision"] = revision
 
 
-def warn_unloaded(module, agent, plan):
-    """An unchanged static directory: say so if the agent runs none of our files' rules."""
-    if module.params["static_load_timeout"] == 0:
-        return
-    missing = sorted(set(plan["static"]["files"]) - files_in_agent(agent["rules"]))
-    if missing:
-        module.warn("the Cilium agent has no rules from %s: check its --static-cnp-path and its log (it keeps the "
-                    "previous version of a file it rejects)" % ", ".join(missing))
+def run(module):
+    params = module.params
+    planner.check_params(params)
+    seen = read(params)
+    result, todo = plan(params, seen, module.warn)
+    if todo["publish"] and todo["publish"]["changed"] and not module.check_mode:
+        publish(params, seen, todo)
+    if todo["apply"] is not None:
+        if result["applied"] and not module.check_mode:
+            apply(params, seen, todo, result)
+        elif todo["apply"]["method"] == "static-dir" and not module.check_mode and params["static_load_timeout"]:
+            missing = planner.unloaded_files(seen["agent"], todo["apply"])
+            if missing:
+                module.warn("the Cilium agent has no rules from %s: check its --static-cnp-path and its log (it keeps "
+                            "the previous version of a file it rejects)" % ", ".join(missing))
+    result["changed"] = bool(result["published"] or result["applied"])
+    if module._diff and todo["diffs"]:
+        result["diff"] = todo["diffs"]
+    return result
 
 
 def main():
@@ -552,7 +434,7 @@ def main():
         rules=dict(type="raw"),
         src=dict(type="path"),
         from_consul=dict(type="bool", default=False),
-        consul_key=dict(type="str", default=pol.DEFAULT_CONSUL_KEY, no_log=False),
+        consul_key=dict(type="str", default=DEFAULT_CONSUL_KEY, no_log=False),
         publish=dict(type="bool", default=False),
         apply=dict(type="bool", default=True),
         method=dict(type="str", default="auto",

@@ -672,12 +672,16 @@ def rendered_files():
     import importlib.util
     import sys
 
-    # Load the product module straight from this checkout (it imports nothing from the collection).
-    spec = importlib.util.spec_from_file_location(
-        "netreap_policy_for_corpus", os.path.join(ROOT, "plugins", "module_utils", "_policy.py"))
-    pol = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pol
-    spec.loader.exec_module(pol)
+    # Load the product modules straight from this checkout, under their collection names (they
+    # import one another and nothing else from the collection).
+    mods = {}
+    for part in ("decode", "validate", "render", "plan"):
+        name = "ansible_collections.netreap.cilium.plugins.module_utils._policy_" + part
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(ROOT, "plugins", "module_utils", "_policy_%s.py" % part))
+        mods[part] = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mods[part]
+        spec.loader.exec_module(mods[part])
     sources = [("base", [dict(BASE, labels=["unspec:name=web-from-cache"])]),
                ("egress", [{"endpointSelector": CACHE, "egress": [{"toEndpoints": [WEB]}],
                             "labels": ["unspec:name=cache-to-web"]}])]
@@ -685,13 +689,14 @@ def rendered_files():
     out, seen = [], set()
     for origin, rules in sources:
         try:
-            desired = pol.normalize_rules(rules)
+            desired = mods["decode"].normalize_rules(rules)
             # only what the collection would write: rules valid for the releases with a static directory
-            pol.validate_rules(desired, [pol.ValidationTarget(m, True, False, True) for m in (16, 17, 18, 19)])
-            plan = pol.plan_static(desired, {})
+            targets = [mods["validate"].ValidationTarget(m, True, False, True) for m in (16, 17, 18, 19)]
+            mods["validate"].validate_rules(desired, targets)
+            plan = mods["plan"].plan_static(desired, {})
         except Exception:  # noqa: BLE001 - rules the collection refuses are not rendered
             continue
-        names = pol.static_file_names(desired)
+        names = mods["render"].static_file_names(desired)
         for rule, name in zip(desired, names):
             content = plan["write"].get(name)
             if content is None or content in seen:

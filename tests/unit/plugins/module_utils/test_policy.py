@@ -13,9 +13,12 @@ import json
 import pytest
 import yaml
 
-from ansible_collections.netreap.cilium.plugins.module_utils import _policy as pol
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy_decode as dec
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy_plan as planner
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy_render as ren
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy_validate as val
 
-ALL = tuple(pol.SUPPORTED_MINORS)
+ALL = tuple(dec.SUPPORTED_MINORS)
 # The agent lower-cased most messages in 1.16.7 and 1.17.0 (docs/upstream.md#rule-validation-per-release-recorded);
 # a minor without patch means its latest release.
 OLD_WORDING = (13, 14, 15)
@@ -31,15 +34,15 @@ def named(name, rule):
 
 
 def target(minor, **flags):
-    return pol.ValidationTarget(minor, flags.get("l7_proxy", True), flags.get("node_labels", False), True)
+    return val.ValidationTarget(minor, flags.get("l7_proxy", True), flags.get("node_labels", False), True)
 
 
 def check(rule, minors=ALL, **flags):
     """Validate one rule for ``minors``; return the error or None."""
-    rules = pol.normalize_rules([rule])
+    rules = dec.normalize_rules([rule])
     try:
-        pol.validate_rules(rules, [target(m, **flags) for m in minors])
-    except pol.PolicyValidationError as exc:
+        val.validate_rules(rules, [target(m, **flags) for m in minors])
+    except dec.PolicyValidationError as exc:
         return exc
     return None
 
@@ -102,9 +105,9 @@ def test_documentation_examples_are_accepted_on_every_version(name):
 def test_netreap_key_format_is_accepted_as_text():
     text = json.dumps([named("web-ingress", {"endpointSelector": WEB,
                                              "ingress": [{"fromEntities": ["world"]}]})], indent=4)
-    rules = pol.normalize_rules(text)
+    rules = dec.normalize_rules(text)
     assert rules[0]["labels"] == [{"key": "name", "value": "web-ingress", "source": "unspec"}]
-    pol.validate_rules(rules, [target(m) for m in ALL])
+    val.validate_rules(rules, [target(m) for m in ALL])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,7 +278,7 @@ def test_l7_needs_the_l7_proxy_flag_of_the_agent():
     assert exc.message == "L7 policy is not supported since L7 proxy is not enabled"
     assert check(rule, [16], l7_proxy=True) is None
     # Publishing without an agent: the flag is unknown, so the check is left to each node.
-    pol.validate_rules(pol.normalize_rules([rule]), [pol.ValidationTarget(16)])
+    val.validate_rules(dec.normalize_rules([rule]), [val.ValidationTarget(16)])
 
 
 def test_from_nodes_needs_the_node_selector_flag_and_cilium_1_16():
@@ -295,17 +298,17 @@ def test_rule_without_direction_is_accepted_before_1_17():
 
 
 def test_error_names_the_rule_by_position_or_name_and_the_field_and_versions():
-    rules = pol.normalize_rules([
+    rules = dec.normalize_rules([
         named("web-ingress", ing(fromEntities=["world"])),
         {"endpointSelector": API, "egress": [{"toEntities": ["world-ipv4"]}]},
     ])
-    with pytest.raises(pol.PolicyValidationError) as info:
-        pol.validate_rules(rules, [target(m) for m in ALL])
+    with pytest.raises(dec.PolicyValidationError) as info:
+        val.validate_rules(rules, [target(m) for m in ALL])
     assert str(info.value) == ("invalid policy: rules[1] egress[0].toEntities[0]: unsupported entity: world-ipv4 "
                                "(Cilium 1.13, 1.14)")
     rules[0]["ingress"][0]["fromEntities"] = ["nowhere"]
-    with pytest.raises(pol.PolicyValidationError) as info:
-        pol.validate_rules(rules, [target(16)])
+    with pytest.raises(dec.PolicyValidationError) as info:
+        val.validate_rules(rules, [target(16)])
     assert str(info.value) == ("invalid policy: rules[0] (name=web-ingress) ingress[0].fromEntities[0]: "
                                "unsupported entity: nowhere (Cilium 1.16)")
 
@@ -328,8 +331,8 @@ def test_error_names_the_rule_by_position_or_name_and_the_field_and_versions():
     ({"labels": [{"value": "x"}], "endpointSelector": WEB}, "rules[0].labels[0]", "has no key"),
 ])
 def test_input_the_agent_would_misread_is_refused(rule, where, words):
-    with pytest.raises(pol.PolicyInputError) as info:
-        pol.normalize_rules([rule])
+    with pytest.raises(dec.PolicyInputError) as info:
+        dec.normalize_rules([rule])
     assert str(info.value).startswith(where + ": ") and words in str(info.value)
 
 
@@ -337,8 +340,8 @@ def test_input_the_agent_would_misread_is_refused(rule, where, words):
     ("", "empty"), ("{not json", "not valid JSON"), ("42", "expected a list"), ([1], "expected a rule object"),
 ])
 def test_unreadable_policy_text(value, words):
-    with pytest.raises(pol.PolicyInputError) as info:
-        pol.normalize_rules(value)
+    with pytest.raises(dec.PolicyInputError) as info:
+        dec.normalize_rules(value)
     assert words in str(info.value)
 
 
@@ -360,19 +363,19 @@ def test_normalisation_is_canonical_and_idempotent():
                 "labels": ["name=web-ingress", "netreap:io.netreap.managed-by=netreap.cilium",
                            {"key": "io.netreap.policy-revision", "value": "abc", "source": "netreap"}],
                 "EndpointSelector": {"matchLabels": {"b": "2", "a": 1, 3: "x"}}, "description": None}]
-    rules = pol.normalize_rules(written)
+    rules = dec.normalize_rules(written)
     assert rules == [{"endpointSelector": {"matchLabels": {"3": "x", "a": "1", "b": "2"}},
                       "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "web"}}],
                                    "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}],
                       "labels": [{"key": "name", "value": "web-ingress", "source": "unspec"}]}]
     assert list(rules[0]) == ["endpointSelector", "ingress", "labels"]
-    assert pol.normalize_rules(pol.consul_value(rules)) == rules
-    assert pol.policy_revision(pol.normalize_rules(json.dumps(written))) == pol.policy_revision(rules)
+    assert dec.normalize_rules(dec.consul_value(rules)) == rules
+    assert dec.policy_revision(dec.normalize_rules(json.dumps(written))) == dec.policy_revision(rules)
 
 
 def test_consul_value_is_a_json_array_like_netreaps():
-    rules = pol.normalize_rules([named("a", ing(fromEntities=["world"]))])
-    assert json.loads(pol.consul_value(rules)) == rules
+    rules = dec.normalize_rules([named("a", ing(fromEntities=["world"]))])
+    assert json.loads(dec.consul_value(rules)) == rules
 
 
 # ------------------------------------------------------------------------------------------------
@@ -380,13 +383,13 @@ def test_consul_value_is_a_json_array_like_netreaps():
 # ------------------------------------------------------------------------------------------------
 
 def test_diff_by_name_and_unnamed_rules_by_content():
-    old = pol.normalize_rules([named("a", ing(fromEntities=["world"])), named("b", ing(fromEntities=["host"])),
+    old = dec.normalize_rules([named("a", ing(fromEntities=["world"])), named("b", ing(fromEntities=["host"])),
                                ing(fromEntities=["cluster"])])
-    new = pol.normalize_rules([named("a", ing(fromEntities=["host"])), named("c", ing(fromEntities=["world"])),
+    new = dec.normalize_rules([named("a", ing(fromEntities=["host"])), named("c", ing(fromEntities=["world"])),
                                ing(fromEntities=["cluster"]), ing(fromEntities=["health"])])
-    assert pol.diff_refs(pol.rule_refs(old), pol.rule_refs(new)) == {
+    assert dec.diff_refs(dec.rule_refs(old), dec.rule_refs(new)) == {
         "added": ["c", "#3"], "removed": ["b"], "changed": ["a"]}
-    assert pol.diff_refs(pol.rule_refs(new), pol.rule_refs(new)) == {"added": [], "removed": [], "changed": []}
+    assert dec.diff_refs(dec.rule_refs(new), dec.rule_refs(new)) == {"added": [], "removed": [], "changed": []}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -395,8 +398,8 @@ def test_diff_by_name_and_unnamed_rules_by_content():
 
 FOREIGN = {"endpointSelector": {"matchLabels": {"any:reserved:health": ""}}, "ingress": [{}],
            "labels": [{"key": "name", "value": "operator-rule", "source": "unspec"}]}
-V1 = pol.normalize_rules([named("web", ing(fromEntities=["world"])), named("cache", ing(fromEndpoints=[WEB]))])
-V2 = pol.normalize_rules([named("web", ing(fromEntities=["world", "host"])), named("api", ing(fromEndpoints=[WEB]))])
+V1 = dec.normalize_rules([named("web", ing(fromEntities=["world"])), named("cache", ing(fromEndpoints=[WEB]))])
+V2 = dec.normalize_rules([named("web", ing(fromEntities=["world", "host"])), named("api", ing(fromEndpoints=[WEB]))])
 
 
 def agent_after(put_rules, current=()):
@@ -406,56 +409,56 @@ def agent_after(put_rules, current=()):
 
 def test_replace_with_labels_swaps_only_our_rules_in_one_put():
     agent = [FOREIGN]
-    plan = pol.plan_rest(V1, agent, "replace-with-labels")
+    plan = planner.plan_rest(V1, agent, "replace-with-labels")
     assert plan["changed"] and plan["delete"] == []
     assert plan["replace_with_labels"] == ["netreap:io.netreap.managed-by=netreap.cilium"]
     labels = [{(lbl.get("source"), lbl["key"]) for lbl in rule["labels"]} for rule in plan["put"]]
-    assert all({("netreap", pol.OWNER_KEY), ("netreap", pol.REVISION_KEY), ("netreap", pol.DIGEST_KEY),
+    assert all({("netreap", dec.OWNER_KEY), ("netreap", dec.REVISION_KEY), ("netreap", dec.DIGEST_KEY),
                 ("unspec", "name")} == set(lbls) for lbls in labels)
     agent = agent_after(plan["put"], agent)
-    assert pol.plan_rest(V1, agent, "replace-with-labels")["changed"] is False
-    plan = pol.plan_rest(V2, agent, "replace-with-labels")
+    assert planner.plan_rest(V1, agent, "replace-with-labels")["changed"] is False
+    plan = planner.plan_rest(V2, agent, "replace-with-labels")
     assert plan["changed"] and plan["diff"] == {"added": ["api"], "removed": ["cache"], "changed": ["web"]}
 
 
 def test_add_then_delete_adds_a_new_revision_then_deletes_the_old_one():
-    plan = pol.plan_rest(V1, [FOREIGN], "add-then-delete")
+    plan = planner.plan_rest(V1, [FOREIGN], "add-then-delete")
     assert plan["put"] and plan["delete"] == [] and plan["replace_with_labels"] is None
     agent = agent_after(plan["put"], [FOREIGN])
-    old_revision = pol.policy_revision(V1)
-    assert pol.plan_rest(V1, agent, "add-then-delete")["changed"] is False
-    plan = pol.plan_rest(V2, agent, "add-then-delete")
-    assert plan["revision"] == pol.policy_revision(V2)
-    assert plan["delete"] == [[pol.OWNER_LABEL, "netreap:io.netreap.policy-revision=%s" % old_revision]]
-    assert all(pol.label_value(r, pol.REVISION_KEY) == plan["revision"] for r in plan["put"])
+    old_revision = dec.policy_revision(V1)
+    assert planner.plan_rest(V1, agent, "add-then-delete")["changed"] is False
+    plan = planner.plan_rest(V2, agent, "add-then-delete")
+    assert plan["revision"] == dec.policy_revision(V2)
+    assert plan["delete"] == [[dec.OWNER_LABEL, "netreap:io.netreap.policy-revision=%s" % old_revision]]
+    assert all(dec.label_value(r, dec.REVISION_KEY) == plan["revision"] for r in plan["put"])
 
 
 def test_add_then_delete_finishes_an_interrupted_update_without_putting_again():
-    first = pol.plan_rest(V1, [], "add-then-delete")["put"]
-    second = pol.plan_rest(V2, first, "add-then-delete")["put"]
+    first = planner.plan_rest(V1, [], "add-then-delete")["put"]
+    second = planner.plan_rest(V2, first, "add-then-delete")["put"]
     agent = [FOREIGN] + first + second  # the DELETE of V1 never happened
-    plan = pol.plan_rest(V2, agent, "add-then-delete")
+    plan = planner.plan_rest(V2, agent, "add-then-delete")
     assert plan["changed"] and plan["put"] is None
-    assert plan["delete"] == [[pol.OWNER_LABEL, pol.revision_label(pol.policy_revision(V1))]]
+    assert plan["delete"] == [[dec.OWNER_LABEL, dec.revision_label(dec.policy_revision(V1))]]
 
 
 def test_add_then_delete_never_deletes_the_revision_it_adds():
     # Someone deleted one of our rules by hand: same revision, fewer rules.
-    partial = pol.plan_rest(V1, [], "add-then-delete")["put"][:1]
-    plan = pol.plan_rest(V1, partial, "add-then-delete", agent_revision=9)
-    assert plan["revision"] == "%s-9" % pol.policy_revision(V1)
-    assert plan["delete"] == [[pol.OWNER_LABEL, pol.revision_label(pol.policy_revision(V1))]]
+    partial = planner.plan_rest(V1, [], "add-then-delete")["put"][:1]
+    plan = planner.plan_rest(V1, partial, "add-then-delete", agent_revision=9)
+    assert plan["revision"] == "%s-9" % dec.policy_revision(V1)
+    assert plan["delete"] == [[dec.OWNER_LABEL, dec.revision_label(dec.policy_revision(V1))]]
     agent = list(partial) + plan["put"]
-    agent = [r for r in agent if pol.label_value(r, pol.REVISION_KEY) == plan["revision"]]
-    assert pol.plan_rest(V1, agent, "add-then-delete")["changed"] is False
+    agent = [r for r in agent if dec.label_value(r, dec.REVISION_KEY) == plan["revision"]]
+    assert planner.plan_rest(V1, agent, "add-then-delete")["changed"] is False
 
 
 def test_empty_policy_deletes_only_by_our_owner_label():
-    agent = [FOREIGN] + pol.plan_rest(V1, [], "replace-with-labels")["put"]
+    agent = [FOREIGN] + planner.plan_rest(V1, [], "replace-with-labels")["put"]
     for method in ("replace-with-labels", "add-then-delete"):
-        plan = pol.plan_rest([], agent, method)
-        assert plan["put"] is None and plan["delete"] == [[pol.OWNER_LABEL]]
-    assert pol.plan_rest([], [FOREIGN], "replace-with-labels")["changed"] is False
+        plan = planner.plan_rest([], agent, method)
+        assert plan["put"] is None and plan["delete"] == [[dec.OWNER_LABEL]]
+    assert planner.plan_rest([], [FOREIGN], "replace-with-labels")["changed"] is False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -463,41 +466,41 @@ def test_empty_policy_deletes_only_by_our_owner_label():
 # ------------------------------------------------------------------------------------------------
 
 def test_static_file_names_are_dns_1123_and_unique():
-    rules = pol.normalize_rules([named("Web Ingress!", ing()), named("web-ingress", ing()), ing(),
+    rules = dec.normalize_rules([named("Web Ingress!", ing()), named("web-ingress", ing()), ing(),
                                  named("..x..y--", ing()), named("a" * 300, ing())])
-    names = pol.static_file_names(rules)
+    names = ren.static_file_names(rules)
     assert names[:4] == ["netreap-web-ingress.yaml", "netreap-web-ingress-2.yaml", "netreap-rule-2.yaml",
                          "netreap-x.y.yaml"]
-    assert all(pol.is_static_file_name(n) and not pol.dns1123_subdomain_errors(n) for n in names)
+    assert all(ren.is_static_file_name(n) and not val.dns1123_subdomain_errors(n) for n in names)
 
 
 def test_static_plan_writes_changed_files_and_removes_only_ours():
-    first = pol.plan_static(V1, {})
+    first = planner.plan_static(V1, {})
     assert sorted(first["write"]) == ["netreap-cache.yaml", "netreap-web.yaml"] and first["remove"] == []
     existing = dict(first["write"])
     existing["team-policy.yaml"] = None                      # somebody else's file
     existing["netreap-handmade.yaml"] = "kind: CiliumClusterwideNetworkPolicy\n"  # our prefix, not our marker
     existing[".netreap-web.yaml.tmp"] = None                # left by an interrupted run
-    plan = pol.plan_static(V2, existing)
+    plan = planner.plan_static(V2, existing)
     assert sorted(plan["write"]) == ["netreap-api.yaml", "netreap-web.yaml"]
     assert plan["remove"] == ["netreap-cache.yaml"] and plan["cleanup"] == [".netreap-web.yaml.tmp"]
     assert plan["diff"] == {"added": ["api"], "removed": ["cache"], "changed": ["web"]}
     assert plan["conflicts"] == []
     done = {n: c for n, c in existing.items() if n not in plan["remove"] + plan["cleanup"]}
     done.update(plan["write"])
-    assert pol.plan_static(V2, done)["changed"] is False
+    assert planner.plan_static(V2, done)["changed"] is False
 
 
 def test_static_plan_refuses_to_overwrite_a_file_it_did_not_write():
-    plan = pol.plan_static(V1, {"netreap-web.yaml": "# mine\nspec: {}\n"})
+    plan = planner.plan_static(V1, {"netreap-web.yaml": "# mine\nspec: {}\n"})
     assert plan["conflicts"] == ["netreap-web.yaml"]
 
 
 def test_policy_file_is_one_clusterwide_object_that_yaml_reads_back():
     rule = V1[0]
-    text = pol.render_policy_file(rule, "netreap-web.yaml", "web")
-    assert text.startswith(pol.STATIC_MARKER + "\n")
-    assert pol.is_owned_static_file("netreap-web.yaml", text) and pol.static_header_ref(text) == "web"
+    text = ren.render_policy_file(rule, "netreap-web.yaml", "web")
+    assert text.startswith(dec.STATIC_MARKER + "\n")
+    assert ren.is_owned_static_file("netreap-web.yaml", text) and ren.static_header_ref(text) == "web"
     assert yaml.safe_load(text) == {"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
                                     "metadata": {"name": "netreap-web"}, "spec": rule}
 
@@ -517,25 +520,25 @@ TRICKY = {
 
 
 def test_yaml_round_trips_every_kind_of_value():
-    assert yaml.safe_load(pol.to_yaml(TRICKY)) == TRICKY
-    text = pol.to_yaml(TRICKY)
+    assert yaml.safe_load(ren.to_yaml(TRICKY)) == TRICKY
+    text = ren.to_yaml(TRICKY)
     assert text.isascii()
 
 
 @pytest.mark.parametrize("name", sorted(DOC_EXAMPLES))
 def test_yaml_round_trips_documentation_examples(name):
-    rule = pol.normalize_rules([DOC_EXAMPLES[name]])[0]
-    assert yaml.safe_load(pol.to_yaml({"spec": rule})) == {"spec": rule}
+    rule = dec.normalize_rules([DOC_EXAMPLES[name]])[0]
+    assert yaml.safe_load(ren.to_yaml({"spec": rule})) == {"spec": rule}
 
 
 def test_versions_take_patch_releases():
-    assert pol.parse_release("1.16.17") == (16, 17)
-    assert pol.parse_release("v1.19.0-rc.1") == (19, 0)
-    assert pol.parse_release("1.18") == (18, None)
-    assert pol.parse_version("1.16.5") == 16
+    assert dec.parse_release("1.16.17") == (16, 17)
+    assert dec.parse_release("v1.19.0-rc.1") == (19, 0)
+    assert dec.parse_release("1.18") == (18, None)
+    assert dec.parse_version("1.16.5") == 16
     for bad in ("2.0", "1.12.3", "1.16.x", ""):
         with pytest.raises(ValueError):
-            pol.parse_release(bad)
+            dec.parse_release(bad)
 
 
 @pytest.mark.parametrize("patch, message", [
@@ -545,7 +548,7 @@ def test_versions_take_patch_releases():
 ])
 def test_message_wording_follows_the_agents_patch_release(patch, message):
     """1.16.7 lower-cased the agent's messages (docs/upstream.md#rule-validation-per-release-recorded)."""
-    rules = pol.normalize_rules([named("broken", ing(fromEndpoints=[WEB], fromCIDR=["10.0.0.0/8"]))])
-    with pytest.raises(pol.PolicyValidationError) as caught:
-        pol.validate_rules(rules, [pol.ValidationTarget(16, True, False, True, patch=patch)])
+    rules = dec.normalize_rules([named("broken", ing(fromEndpoints=[WEB], fromCIDR=["10.0.0.0/8"]))])
+    with pytest.raises(dec.PolicyValidationError) as caught:
+        val.validate_rules(rules, [val.ValidationTarget(16, True, False, True, patch=patch)])
     assert caught.value.message == message

@@ -14,7 +14,8 @@ import re
 
 import pytest
 
-from ansible_collections.netreap.cilium.plugins.module_utils import _policy as pol
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy_decode as dec
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy_validate as val
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures", "cilium")
 
@@ -95,22 +96,22 @@ NORMALISED = {
 
 def product_verdict(case, minor, patch):
     flags = case.get("flags") or {}
-    target = pol.ValidationTarget(minor, flags.get("l7_proxy", True), flags.get("node_selector_labels", False),
+    target = val.ValidationTarget(minor, flags.get("l7_proxy", True), flags.get("node_selector_labels", False),
                                   flags.get("icmp_rules", True), patch=patch)
     try:
-        rules = pol.normalize_rules(case["input"])
-        pol.validate_rules(rules, [target])
-    except pol.PolicyInputError as exc:
+        rules = dec.normalize_rules(case["input"])
+        val.validate_rules(rules, [target])
+    except dec.PolicyInputError as exc:
         return "input", str(exc), rules_or_none(case)
-    except pol.PolicyValidationError as exc:
+    except dec.PolicyValidationError as exc:
         return "invalid", exc.message, rules_or_none(case)
     return "ok", None, rules
 
 
 def rules_or_none(case):
     try:
-        return pol.normalize_rules(case["input"])
-    except pol.PolicyInputError:
+        return dec.normalize_rules(case["input"])
+    except dec.PolicyInputError:
         return None
 
 
@@ -126,7 +127,7 @@ def _field_unknown_to(minor, message):
     match = re.match(r"^rules\[\d+\][^:]*?\.?([A-Za-z]+)(\[\d+\])?: ", message or "")
     if not match:
         return False
-    return any(field == match.group(1) and minor < first for (unused, field), first in pol._SINCE.items())
+    return any(field == match.group(1) and minor < first for (unused, field), first in dec.FIELDS_SINCE.items())
 
 
 def judge(case, verdict, minor=None):

@@ -10,7 +10,9 @@ import json
 
 import yaml
 
-from ansible_collections.netreap.cilium.plugins.module_utils import _policy as pol
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy_decode as dec
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy_plan as planner
+from ansible_collections.netreap.cilium.plugins.module_utils import _policy_render as ren
 from ansible_collections.netreap.cilium.plugins.module_utils import _policy_apply as apply
 
 NS_DNE = {"key": "k8s:io.kubernetes.pod.namespace", "operator": "DoesNotExist"}
@@ -28,7 +30,7 @@ def pinned(selector):
 def rule(**body):
     out = {"labels": [{"key": "name", "value": "cache-from-web", "source": "unspec"}], "endpointSelector": CACHE}
     out.update(body)
-    return pol.normalize_rules([out])[0]
+    return dec.normalize_rules([out])[0]
 
 
 def test_every_endpoint_peer_selector_names_both_keys_in_every_direction():
@@ -41,7 +43,7 @@ def test_every_endpoint_peer_selector_names_both_keys_in_every_direction():
         egress=[{"toEndpoints": [WEB]}, {"toRequires": [WEB]}],
         egressDeny=[{"toEndpoints": [CACHE]}, {"toRequires": [CACHE]}])
     before = copy.deepcopy(published)
-    spec = pol.static_spec(published)
+    spec = ren.static_spec(published)
     assert published == before  # the published rule is not changed in place
     assert spec["endpointSelector"] == CACHE  # the agent leaves the subject of a clusterwide file alone
     assert spec["ingress"][0]["fromEndpoints"] == [pinned(WEB), pinned({})]
@@ -52,7 +54,7 @@ def test_every_endpoint_peer_selector_names_both_keys_in_every_direction():
     assert spec["ingressDeny"][1] == {"fromRequires": [pinned(WEB)]}
     assert spec["egress"] == [{"toEndpoints": [pinned(WEB)]}, {"toRequires": [pinned(WEB)]}]
     assert spec["egressDeny"] == [{"toEndpoints": [pinned(CACHE)]}, {"toRequires": [pinned(CACHE)]}]
-    assert pol.static_spec(spec) == spec  # pinning twice adds nothing
+    assert ren.static_spec(spec) == spec  # pinning twice adds nothing
 
 
 def test_selectors_the_agent_leaves_alone_stay_as_published():
@@ -61,7 +63,7 @@ def test_selectors_the_agent_leaves_alone_stay_as_published():
                      egress=[{"toServices": [{"k8sService": {"serviceName": "db", "namespace": "default"}}]},
                              {"toFQDNs": [{"matchName": "example.com"}],
                               "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]}])
-    assert pol.static_spec(published) == published
+    assert ren.static_spec(published) == published
 
 
 def test_a_key_the_selector_already_names_is_not_pinned_again():
@@ -69,7 +71,7 @@ def test_a_key_the_selector_already_names_is_not_pinned_again():
     any_cluster = {"matchLabels": {"any:io.cilium.k8s.policy.cluster": "east", "netreap:nomad.job_id": "web"}}
     bare_ns = {"matchExpressions": [{"key": "io.kubernetes.pod.namespace", "operator": "Exists"}]}
     other_source = {"matchLabels": {"netreap:io.kubernetes.pod.namespace": "x"}}  # not the agent's key
-    spec = pol.static_spec(rule(ingress=[{"fromEndpoints": [named_ns, any_cluster, bare_ns, other_source]}]))
+    spec = ren.static_spec(rule(ingress=[{"fromEndpoints": [named_ns, any_cluster, bare_ns, other_source]}]))
     assert spec["ingress"][0]["fromEndpoints"] == [
         dict(named_ns, matchExpressions=[CLUSTER_DNE]),
         dict(any_cluster, matchExpressions=[NS_DNE]),
@@ -80,25 +82,25 @@ def test_a_key_the_selector_already_names_is_not_pinned_again():
 
 def test_file_holds_the_pinned_spec_and_the_published_rules_digest():
     published = rule(ingress=[{"fromEndpoints": [WEB]}])
-    text = pol.render_policy_file(published, "netreap-cache-from-web.yaml", "cache-from-web")
+    text = ren.render_policy_file(published, "netreap-cache-from-web.yaml", "cache-from-web")
     document = yaml.safe_load(text)
     assert document["kind"] == "CiliumClusterwideNetworkPolicy"
-    assert document["spec"] == pol.static_spec(published)
+    assert document["spec"] == ren.static_spec(published)
     assert document["spec"]["ingress"][0]["fromEndpoints"] == [pinned(WEB)]
-    assert "digest: %s" % pol.rule_digest(published) in text.split("\n")[1]
+    assert "digest: %s" % dec.rule_digest(published) in text.split("\n")[1]
 
 
 def test_a_file_written_before_pinning_is_rewritten_once():
     published = [rule(ingress=[{"fromEndpoints": [WEB]}])]
-    [name] = pol.static_file_names(published)
+    [name] = ren.static_file_names(published)
     document = {"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
                 "metadata": {"name": name[:-5]}, "spec": published[0]}
-    old = "\n".join([pol.STATIC_MARKER, "# rule: \"cache-from-web\"  digest: %s" % pol.rule_digest(published[0]),
+    old = "\n".join([dec.STATIC_MARKER, "# rule: \"cache-from-web\"  digest: %s" % dec.rule_digest(published[0]),
                      "# Published with netreap.cilium.cilium_policy; the agent loads it from --static-cnp-path."]
-                    ) + "\n" + pol.to_yaml(document)
-    plan = pol.plan_static(published, {name: old})
+                    ) + "\n" + ren.to_yaml(document)
+    plan = planner.plan_static(published, {name: old})
     assert plan["changed"] and list(plan["write"]) == [name] and plan["diff"]["changed"] == ["cache-from-web"]
-    assert pol.plan_static(published, {name: plan["write"][name]})["changed"] is False
+    assert planner.plan_static(published, {name: plan["write"][name]})["changed"] is False
 
 
 # -- what the agent lists --------------------------------------------------------------------------
@@ -116,12 +118,12 @@ LOADED_1_18 = [{"endpointSelector": CACHE, "labels": LOADED_1_19[0]["Labels"]}]
 
 def test_loaded_files_are_read_from_rules_and_from_policy_entries():
     entries = json.loads(json.dumps(LOADED_1_19))
-    assert apply.files_in_agent(entries) == {"netreap-cache-from-web.yaml"}
-    assert apply.files_in_agent(LOADED_1_18) == {"netreap-cache-from-web.yaml"}
-    assert not any(pol.is_owned_rule(e) for e in entries)
+    assert planner.files_in_agent(entries) == {"netreap-cache-from-web.yaml"}
+    assert planner.files_in_agent(LOADED_1_18) == {"netreap-cache-from-web.yaml"}
+    assert not any(dec.is_owned_rule(e) for e in entries)
     owned = dict(LOADED_1_19[0], Labels=[{"key": "io.netreap.managed-by", "value": "netreap.cilium",
                                           "source": "netreap"}])
-    assert pol.is_owned_rule(owned)
+    assert dec.is_owned_rule(owned)
 
 
 class _Agent:
