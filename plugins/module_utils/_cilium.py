@@ -66,9 +66,6 @@ class CiliumClient:
         """Every endpoint with labels (one request, whatever the count)."""
         return self._json("GET", "/endpoint") or []
 
-    def endpoint(self, endpoint_id):
-        return self._json("GET", "/endpoint/%s" % endpoint_id)
-
     def patch_endpoint(self, endpoint_id, change):
         self.http.request("PATCH", "/endpoint/%s" % endpoint_id, body=change)
 
@@ -76,9 +73,6 @@ class CiliumClient:
         """Delete one endpoint; 206 (partial errors) still deleted it, per the API."""
         resp = self.http.request("DELETE", "/endpoint/%s" % endpoint_id, expect=(200, 206))
         return resp.status
-
-    def endpoint_labels(self, endpoint_id):
-        return self._json("GET", "/endpoint/%s/labels" % endpoint_id)
 
     # -- policy ---------------------------------------------------------------------------
     def policy_get(self):
@@ -163,21 +157,5 @@ def agent_capabilities(healthz, config, static_policy_dir=None):
     return caps
 
 
-def endpoint_summary(endpoint):
-    """The fields of an endpoint that modules report, from the agent's JSON."""
-    status = endpoint.get("status") or {}
-    labels = status.get("labels") or {}
-    ids = status.get("external-identifiers") or {}
-    identity = status.get("identity") or {}
-    return dict(
-        id=endpoint.get("id"),
-        container_id=ids.get("container-id") or None,
-        cni_attachment_id=ids.get("cni-attachment-id") or None,
-        labels=sorted((labels.get("security-relevant") or []) + (labels.get("derived") or [])),
-        identity=identity.get("id"),
-        state=status.get("state"),
-    )
-
-
 __all__ = ["CiliumClient", "ServiceError", "agent_capabilities", "cilium_settings",
-           "parse_agent_version", "endpoint_summary", "CILIUM_ARGUMENT_SPEC"]
+           "parse_agent_version", "CILIUM_ARGUMENT_SPEC"]

@@ -145,9 +145,3 @@ class NomadClient:
 
     def allocation(self, alloc_id):
         return self._get("/v1/allocation/" + alloc_id)[0]
-
-    def allocations(self, namespace="*"):
-        return self._get_paged("/v1/allocations", namespace=namespace or self.namespace)
-
-    def namespaces(self):
-        return self._get("/v1/namespaces")[0]
