@@ -26,6 +26,16 @@ from ansible.module_utils.urls import Request
 
 BODY_EXCERPT = 2000
 
+# Requests put on the wire by every HttpClient of this process, per service name (retries
+# included).  A module run reads it before and after (``_run.Run``) instead of each module
+# reaching into its clients.
+_SENT = {}
+
+
+def requests_sent():
+    """``{service: requests sent so far by this process}`` (a copy)."""
+    return dict(_SENT)
+
 
 class ServiceError(Exception):
     """A request to a service failed.
@@ -239,6 +249,7 @@ class HttpClient:
     def _open_once(self, method, url, data, headers):
         request = Request(timeout=self.timeout, follow_redirects="none", use_proxy=False)
         self.request_count += 1
+        _SENT[self.service] = _SENT.get(self.service, 0) + 1
         try:
             resp = request.open(method, url, data=data, headers=headers,
                                 unix_socket=self.unix_socket, context=self._context)
