@@ -21,11 +21,11 @@ from ansible_collections.netreap.cilium.plugins.module_utils._http import Servic
 from ansible_collections.netreap.cilium.plugins.module_utils._policy_decode import (
     STATIC_PREFIX,
     STATIC_SUFFIX,
-    PolicyFailure,
     parse_version,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._policy_plan import files_in_agent
 from ansible_collections.netreap.cilium.plugins.module_utils._policy_render import is_static_file_name
+from ansible_collections.netreap.cilium.plugins.module_utils._run import Stop
 
 
 # -- the agent ------------------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def read_agent(client, static_dir):
 
 
 def put_failure(client, agent, exc):
-    return PolicyFailure("%s; the agent kept its previous policy (revision %s)" % (
+    return Stop("%s; the agent kept its previous policy (revision %s)" % (
         failure_message("apply policy to Cilium agent at %s" % client.socket_path, exc), agent["revision"]),
         status=exc.status, policy_revision=agent["revision"])
 
@@ -76,7 +76,7 @@ def execute_rest(client, agent, plan):
             revision = delete_by_labels(client, labels) or revision
         except ServiceError as exc:
             done = "the new rules are in force (revision %s) but " % revision if plan["put"] is not None else ""
-            raise PolicyFailure("%s%s; the next run retries" % (done, failure_message(
+            raise Stop("%s%s; the next run retries" % (done, failure_message(
                 "delete old policy rules %s from Cilium agent at %s" % (",".join(labels), client.socket_path), exc)),
                 status=exc.status, policy_revision=revision)
     return revision
@@ -93,7 +93,7 @@ def read_static_dir(path):
     try:
         names = sorted(os.listdir(path))
     except OSError as exc:
-        raise PolicyFailure("cannot list static_policy_dir %s: %s" % (path, to_text(exc)))
+        raise Stop("cannot list static_policy_dir %s: %s" % (path, to_text(exc)))
     for name in names:
         if name.startswith("." + STATIC_PREFIX) and name.endswith(".tmp"):
             out[name] = None
@@ -104,7 +104,7 @@ def read_static_dir(path):
                     with open(os.path.join(path, name), "rb") as handle:
                         content = to_text(handle.read(), errors="surrogate_or_replace")
                 except (IOError, OSError) as exc:
-                    raise PolicyFailure("cannot read %s: %s" % (os.path.join(path, name), to_text(exc)))
+                    raise Stop("cannot read %s: %s" % (os.path.join(path, name), to_text(exc)))
             out[name] = content
     return out
 
@@ -160,7 +160,7 @@ def execute_static(client, agent, plan, static_dir, timeout):
             os.unlink(os.path.join(static_dir, name))
             removed.append(name)
     except (IOError, OSError) as exc:
-        raise PolicyFailure("writing policy files in %s failed: %s (written: %s; removed: %s)" % (
+        raise Stop("writing policy files in %s failed: %s (written: %s; removed: %s)" % (
             static_dir, to_text(exc), ", ".join(written) or "none", ", ".join(removed) or "none"),
             files_written=written, files_removed=removed)
     revision = agent["revision"]
@@ -168,10 +168,10 @@ def execute_static(client, agent, plan, static_dir, timeout):
         try:
             revision, missing, stale = wait_for_files(client, plan["files"], removed, timeout)
         except ServiceError as exc:
-            raise PolicyFailure(failure_message("read Cilium agent at %s" % client.socket_path, exc),
+            raise Stop(failure_message("read Cilium agent at %s" % client.socket_path, exc),
                                 files_written=written, files_removed=removed)
         if missing or stale:
-            raise PolicyFailure(
+            raise Stop(
                 "the Cilium agent at %s did not pick up the policy files in %s within %ss (not loaded: %s; still "
                 "loaded: %s): check that it runs with --static-cnp-path=%s and look for rejected files in its log; "
                 "it keeps the previous version of a file it rejects" % (

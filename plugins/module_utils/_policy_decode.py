@@ -51,8 +51,8 @@ MAX_PORTS = 40
 MAX_ICMP_FIELDS = 40
 
 
-class PolicyFailure(Exception):
-    """Fail the module with this message (and these extra result fields)."""
+class PolicyError(ValueError):
+    """What the plan refuses: ``msg`` for the user, ``extra`` result fields (the run ends with them)."""
 
     def __init__(self, msg, **extra):
         super().__init__(msg)

@@ -37,7 +37,7 @@ from ansible_collections.netreap.cilium.plugins.module_utils._policy_decode impo
     normalize_rules,
     parse_release,
     policy_revision,
-    PolicyFailure,
+    PolicyError,
     PolicyInputError,
     revision_label,
     rule_digest,
@@ -154,14 +154,14 @@ def check_params(params):
     """The parameter combinations ``cilium_policy`` refuses."""
     sources = [k for k in ("rules", "src") if params[k] is not None] + (["from_consul"] if params["from_consul"] else [])
     if len(sources) > 1:
-        raise PolicyFailure("parameters are mutually exclusive: %s" % ", ".join(sources))
+        raise PolicyError("parameters are mutually exclusive: %s" % ", ".join(sources))
     if params["state"] == "present" and not sources:
-        raise PolicyFailure("state=present needs one of rules, src or from_consul")
+        raise PolicyError("state=present needs one of rules, src or from_consul")
     if params["state"] == "absent" and (sources or params["publish"] or not params["apply"]):
-        raise PolicyFailure("state=absent removes this collection's rules from the local agent: it needs "
+        raise PolicyError("state=absent removes this collection's rules from the local agent: it needs "
                             "apply=true and takes no rules, src, from_consul or publish")
     if params["publish"] and params["from_consul"]:
-        raise PolicyFailure("publish and from_consul together would write back what was read; choose one")
+        raise PolicyError("publish and from_consul together would write back what was read; choose one")
 
 
 def desired_rules(params, consul_entry, src_data=None):
@@ -171,11 +171,11 @@ def desired_rules(params, consul_entry, src_data=None):
     try:
         if params["from_consul"]:
             if consul_entry is None:
-                raise PolicyFailure("Consul key %s does not exist: nothing to apply (publish a policy first; "
+                raise PolicyError("Consul key %s does not exist: nothing to apply (publish a policy first; "
                                     "publish an empty list [] to remove our rules)" % params["consul_key"])
             value = consul_entry.get("Value") or b""
             if not value.strip():
-                raise PolicyFailure("Consul key %s is empty: nothing to apply (publish an empty list [] to "
+                raise PolicyError("Consul key %s is empty: nothing to apply (publish an empty list [] to "
                                     "remove our rules)" % params["consul_key"])
             return normalize_rules(value)
         if params["src"] is not None:
@@ -186,7 +186,7 @@ def desired_rules(params, consul_entry, src_data=None):
         return normalize_rules(params["rules"])
     except PolicyInputError as exc:
         where = "Consul key %s: " % params["consul_key"] if params["from_consul"] else ""
-        raise PolicyFailure("%sinvalid policy: %s; nothing was published or applied" % (where, exc))
+        raise PolicyError("%sinvalid policy: %s; nothing was published or applied" % (where, exc))
 
 
 def validation_targets(params, agent):
@@ -196,7 +196,7 @@ def validation_targets(params, agent):
         releases = sorted({parse_release(v) for v in params["cilium_versions"] or []},
                           key=lambda r: (r[0], 10 ** 6 if r[1] is None else r[1]))
     except ValueError as exc:
-        raise PolicyFailure("cilium_versions: %s" % exc)
+        raise PolicyError("cilium_versions: %s" % exc)
     targets = []
     if agent is not None and agent["minor"] is not None:
         flags = agent["flags"]
@@ -224,25 +224,25 @@ def choose_method(requested, agent, static_dir):
             # whatever the version (the agent has one only from 1.16), so use it when we know it.
             if static_dir:
                 return "static-dir"
-            raise PolicyFailure("the Cilium agent reports no version, so the apply method cannot be chosen: "
+            raise PolicyError("the Cilium agent reports no version, so the apply method cannot be chosen: "
                                 "set method")
         if caps["static_policy_supported"]:
-            raise PolicyFailure("Cilium %s has no REST policy write API (removed in 1.19): set static_policy_dir "
+            raise PolicyError("Cilium %s has no REST policy write API (removed in 1.19): set static_policy_dir "
                                 "to the agent's --static-cnp-path" % version)
-        raise PolicyFailure("Cilium %s offers no way to apply policy" % version)
+        raise PolicyError("Cilium %s offers no way to apply policy" % version)
     known = caps["version"] is not None
     if requested == "replace-with-labels" and known and not caps["replace_with_labels"]:
-        raise PolicyFailure("method replace-with-labels needs Cilium 1.15 to 1.18; the agent is %s (use %s)" % (
+        raise PolicyError("method replace-with-labels needs Cilium 1.15 to 1.18; the agent is %s (use %s)" % (
             version, "add-then-delete" if caps["rest_policy_write"] else "static-dir"))
     if requested == "add-then-delete" and known and not caps["rest_policy_write"]:
-        raise PolicyFailure("method add-then-delete needs the REST policy API (Cilium up to 1.18); the agent is "
+        raise PolicyError("method add-then-delete needs the REST policy API (Cilium up to 1.18); the agent is "
                             "%s (use static-dir)" % version)
     if requested == "static-dir":
         if known and not caps["static_policy_supported"]:
-            raise PolicyFailure("method static-dir needs Cilium 1.16 or later (--static-cnp-path); the agent is %s"
+            raise PolicyError("method static-dir needs Cilium 1.16 or later (--static-cnp-path); the agent is %s"
                                 % version)
         if not static_dir:
-            raise PolicyFailure("method static-dir needs static_policy_dir (the agent's --static-cnp-path)")
+            raise PolicyError("method static-dir needs static_policy_dir (the agent's --static-cnp-path)")
     return requested
 
 
@@ -273,7 +273,7 @@ def plan_publish(key, entry, desired):
     value = consul_value(desired)
     size = len(value.encode("utf-8"))
     if size > CONSUL_MAX_VALUE_SIZE:
-        raise PolicyFailure("the policy is %d bytes as JSON, more than Consul's limit of %d bytes (512 KiB) for "
+        raise PolicyError("the policy is %d bytes as JSON, more than Consul's limit of %d bytes (512 KiB) for "
                             "one value; nothing was published or applied" % (size, CONSUL_MAX_VALUE_SIZE))
     old_rules, old_text, warnings = None, None, []
     if entry is not None:
@@ -300,7 +300,7 @@ def plan_apply(state, requested, agent, desired, static_dir, listing, socket_pat
     Returns ``(plan, result fields, diffs)``; plan is ``{"method", "rest", "static", "rest_cleanup"}``."""
     method = None if state == "absent" else choose_method(requested, agent, static_dir)
     if listing is None and method == "static-dir":
-        raise PolicyFailure("static_policy_dir %s does not exist or is not a directory (create it and start the "
+        raise PolicyError("static_policy_dir %s does not exist or is not a directory (create it and start the "
                             "agent with --static-cnp-path=%s)" % (static_dir, static_dir))
     owned = [r for r in agent["rules"] if is_owned_rule(r)]
     plan = dict(method=method, rest=None, static=None, rest_cleanup=False)
@@ -314,7 +314,7 @@ def plan_apply(state, requested, agent, desired, static_dir, listing, socket_pat
         plan["rest_cleanup"] = bool(owned) and rest_writable(agent)
         plan["static"] = plan_static(desired, listing, len(owned) if plan["rest_cleanup"] else 0)
         if plan["static"]["conflicts"]:
-            raise PolicyFailure("%s already holds %s, which this collection did not write: rename or remove it; "
+            raise PolicyError("%s already holds %s, which this collection did not write: rename or remove it; "
                                 "nothing was published or applied" % (static_dir, ", ".join(plan["static"]["conflicts"])))
         changes = plan["static"]["diff"]
     else:  # state=absent: every rule and file of ours, by whatever method it got there

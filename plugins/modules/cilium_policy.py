@@ -298,7 +298,7 @@ from ansible_collections.netreap.cilium.plugins.module_utils._policy_apply impor
 from ansible_collections.netreap.cilium.plugins.module_utils._policy_decode import (
     DEFAULT_CONSUL_KEY,
     OWNER_LABEL,
-    PolicyFailure,
+    PolicyError,
     format_version,
     policy_revision,
 )
@@ -307,45 +307,54 @@ from ansible_collections.netreap.cilium.plugins.module_utils._policy_validate im
     PolicyValidationError,
     validate_rules,
 )
+from ansible_collections.netreap.cilium.plugins.module_utils._run import Run, Stop
 
 
-def read(params):
+def planned(step):
+    """The planner's refusals (PolicyError, a value type) end the run like any guard."""
+    def wrapped(*args):
+        try:
+            return step(*args)
+        except PolicyError as exc:
+            raise Stop(exc.msg, **exc.extra)
+    return wrapped
+
+
+def read(run, params):
     """Everything the plan needs, with no write: the Consul entry, the source file, the agent, the
     static directory's listing."""
+    planner.check_params(params)
     seen = dict(entry=None, consul=None, src_data=None, agent=None, client=None, listing=None)
     key = params["consul_key"]
     if params["publish"] or params["from_consul"]:
         try:
             seen["consul"] = ConsulClient.from_params(params)
-            seen["entry"] = seen["consul"].kv_get(key)[0]
         except ValueError as exc:
-            raise PolicyFailure("Consul connection options: %s" % to_text(exc))
-        except ServiceError as exc:
-            raise PolicyFailure(failure_message("read Consul key %s" % key, exc), status=exc.status)
+            raise Stop("Consul connection options: %s" % to_text(exc))
+        run.doing("read Consul key %s" % key)
+        seen["entry"] = seen["consul"].kv_get(key)[0]
     if params["src"] is not None and params["state"] == "present":
         try:
             with open(params["src"], "rb") as handle:
                 seen["src_data"] = handle.read()
         except (IOError, OSError) as exc:
-            raise PolicyFailure("cannot read policy file %s: %s" % (params["src"], to_text(exc)))
+            raise Stop("cannot read policy file %s: %s" % (params["src"], to_text(exc)))
     if params["apply"]:
         seen["client"] = CiliumClient.from_params(params)
-        try:
-            seen["agent"] = read_agent(seen["client"], params["static_policy_dir"])
-        except ServiceError as exc:
-            raise PolicyFailure(failure_message("read Cilium agent at %s" % seen["client"].socket_path, exc),
-                                status=exc.status)
+        run.doing("read Cilium agent at %s" % seen["client"].socket_path)
+        seen["agent"] = read_agent(seen["client"], params["static_policy_dir"])
         if params["static_policy_dir"]:
             seen["listing"] = read_static_dir(params["static_policy_dir"])
     return seen
 
 
-def plan(params, seen, warn):
-    """What to publish and apply, the result fields and the diffs (no I/O)."""
+def plan(params, seen):
+    """What to publish and apply, the result fields, the diffs and the warnings (no I/O)."""
     entry, agent = seen["entry"], seen["agent"]
+    todo = dict(seen=seen, publish=None, apply=None, diffs=[], warnings=[])
     desired = planner.desired_rules(params, entry, seen["src_data"])
-    result = dict(changed=False, published=False, applied=False, rule_count=len(desired),
-                  policy_hash=policy_revision(desired))
+    todo["result"] = result = dict(published=False, applied=False, rule_count=len(desired),
+                                   policy_hash=policy_revision(desired))
     if params["publish"] or params["from_consul"]:
         result.update(consul_key=params["consul_key"], consul_index=entry["ModifyIndex"] if entry else 0)
     if agent is not None:
@@ -356,76 +365,69 @@ def plan(params, seen, warn):
     try:
         validate_rules(desired, targets)
     except PolicyValidationError as exc:
-        raise PolicyFailure("%s; nothing was published or applied" % exc, validated_for=result["validated_for"])
-    todo = dict(publish=None, apply=None, diffs=[])
+        raise PolicyError("%s; nothing was published or applied" % exc, validated_for=result["validated_for"])
     if params["publish"]:
-        todo["publish"], fields, diffs, warnings = planner.plan_publish(params["consul_key"], entry, desired)
+        todo["publish"], fields, diffs, todo["warnings"] = planner.plan_publish(params["consul_key"], entry, desired)
         result.update(fields)
         todo["diffs"] += diffs
-        for text in warnings:
-            warn(text)
     if agent is not None:
         todo["apply"], fields, diffs = planner.plan_apply(
             params["state"], params["method"], agent, desired, params["static_policy_dir"], seen["listing"],
             seen["client"].socket_path)
         result.update(fields)
         todo["diffs"] += diffs
-    return result, todo
+    return todo
 
 
-def publish(params, seen, todo):
-    """Consul first: a lost race stops everything."""
-    key, cas = params["consul_key"], todo["publish"]["cas"]
-    try:
-        won = seen["consul"].kv_put(key, todo["publish"]["value"], cas=cas)
-    except ServiceError as exc:
-        raise PolicyFailure("%s; nothing was applied" % failure_message("publish policy to Consul key %s" % key, exc),
-                            status=exc.status)
-    if not won:
-        raise PolicyFailure(
-            "Consul key %s was changed by someone else after it was read at index %s (check-and-set failed): "
-            "nothing was published or applied; run again to publish on top of the new value"
-            % (key, cas or "0, when it did not exist"), published=False)
-
-
-def apply(params, seen, todo, result):
-    """Then the agent: the static files, the REST rules, or both (an earlier method's leftovers)."""
+def apply(run, params, todo, progress):
+    """Consul first (a lost race stops everything), then the agent: the static files, the REST
+    rules, or both (an earlier method's leftovers)."""
+    seen, key = todo["seen"], params["consul_key"]
+    if todo["publish"] and todo["publish"]["changed"]:
+        cas = todo["publish"]["cas"]
+        try:
+            won = seen["consul"].kv_put(key, todo["publish"]["value"], cas=cas)
+        except ServiceError as exc:
+            raise Stop("%s; nothing was applied" % failure_message("publish policy to Consul key %s" % key, exc),
+                       status=exc.status)
+        if not won:
+            raise Stop("Consul key %s was changed by someone else after it was read at index %s (check-and-set "
+                       "failed): nothing was published or applied; run again to publish on top of the new value"
+                       % (key, cas or "0, when it did not exist"), published=False)
+        progress["published"] = True
+    if not todo["result"]["applied"]:
+        return
     client, agent, steps = seen["client"], seen["agent"], todo["apply"]
     static_dir, timeout = params["static_policy_dir"], params["static_load_timeout"]
     revision = agent["revision"]
     if steps["static"] is not None and steps["method"] == "static-dir":
-        revision, written, removed = execute_static(client, agent, steps["static"], static_dir, timeout)
-        result.update(files_written=written, files_removed=removed)
+        revision, progress["files_written"], progress["files_removed"] = execute_static(
+            client, agent, steps["static"], static_dir, timeout)
         if steps["rest_cleanup"]:
             revision = execute_rest(client, dict(agent, revision=revision), dict(put=None, delete=[[OWNER_LABEL]]))
     else:
         if steps["rest"] is not None and steps["rest"]["changed"]:
             revision = execute_rest(client, agent, steps["rest"])
         if steps["static"] is not None and steps["static"]["changed"]:
-            revision, written, removed = execute_static(client, dict(agent, revision=revision),
-                                                        steps["static"], static_dir, timeout)
-            result.update(files_written=written, files_removed=removed)
-    result["policy_revision"] = revision
+            revision, progress["files_written"], progress["files_removed"] = execute_static(
+                client, dict(agent, revision=revision), steps["static"], static_dir, timeout)
+    progress.update(policy_revision=revision, applied=True)
 
 
-def run(module):
-    params = module.params
-    planner.check_params(params)
-    seen = read(params)
-    result, todo = plan(params, seen, module.warn)
-    if todo["publish"] and todo["publish"]["changed"] and not module.check_mode:
-        publish(params, seen, todo)
-    if todo["apply"] is not None:
-        if result["applied"] and not module.check_mode:
-            apply(params, seen, todo, result)
-        elif todo["apply"]["method"] == "static-dir" and not module.check_mode and params["static_load_timeout"]:
-            missing = planner.unloaded_files(seen["agent"], todo["apply"])
-            if missing:
-                module.warn("the Cilium agent has no rules from %s: check its --static-cnp-path and its log (it keeps "
-                            "the previous version of a file it rejects)" % ", ".join(missing))
+def report(module, todo, progress):
+    result = dict(todo["result"])
+    if progress is not None:  # what was done, even when the run stopped part way
+        result.update(dict(published=False, applied=False), **progress)
     result["changed"] = bool(result["published"] or result["applied"])
-    if module._diff and todo["diffs"]:
-        result["diff"] = todo["diffs"]
+    for text in todo["warnings"]:
+        module.warn(text)
+    steps = todo["apply"]
+    if progress is None and steps is not None and steps["method"] == "static-dir" and not module.check_mode \
+            and module.params["static_load_timeout"]:
+        missing = planner.unloaded_files(todo["seen"]["agent"], steps)
+        if missing:
+            module.warn("the Cilium agent has no rules from %s: check its --static-cnp-path and its log (it keeps "
+                        "the previous version of a file it rejects)" % ", ".join(missing))
     return result
 
 
@@ -448,12 +450,14 @@ def main():
     argument_spec.update(CILIUM_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     fail_on_key_options(module, keys=("consul_key",))
-    try:
-        result = run(module)
-    except PolicyFailure as exc:
-        module.fail_json(msg=exc.msg, **exc.extra)
-    module.exit_json(**result)
-
+    params = module.params
+    run = Run(module, requests={"consul": ("consul",), "cilium": ("cilium",)})
+    run.execute(planned(lambda: read(run, params)),
+                plan=planned(lambda seen: plan(params, seen)),
+                has_changes=lambda todo: todo["result"]["published"] or todo["result"]["applied"],
+                apply=lambda todo, progress: apply(run, params, todo, progress),
+                report=lambda todo, progress: report(module, todo, progress),
+                diff=lambda todo, progress: todo["diffs"])
 
 if __name__ == "__main__":
     main()
