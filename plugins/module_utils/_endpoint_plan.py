@@ -448,3 +448,60 @@ def summarize_notes(notes):
             seen[ident].pop("allocation", None)
         seen[ident]["allocations"] += 1
     return [seen[k] for k in sorted(seen, key=lambda k: tuple(str(p) for p in k))]
+
+
+def param_error(params):
+    """What is wrong with ``cilium_endpoint``'s parameters, or None."""
+    for option in ("reap_min_age", "retry_deadline"):
+        if params[option] < 0:
+            return "%s must be 0 or more seconds, got %s" % (option, params[option])
+    for option in ("meta_include", "meta_exclude"):
+        for pattern in params[option]:
+            # fnmatch reads an unclosed "[" literally and "" matches no key: both are typos.
+            if not pattern.strip() or "[" in re.sub(r"\[!?\]?[^\]]*\]", "", pattern):
+                return "%s: %r is not a meta key pattern (an empty pattern or an unclosed '[')" % (option, pattern)
+    return None
+
+
+def outcome(plan, done=None):
+    """What was (in check mode: would be) labelled, reaped and skipped: ``done`` holds what the
+    writes reported (``labelled``, ``reaped``, ``vanished``, ``errors``); None means every
+    planned change."""
+    if done is None:
+        labelled, reaped, vanished, errors = plan["patches"], plan["reaps"], [], []
+    else:
+        labelled, reaped, vanished, errors = done["labelled"], done["reaped"], done["vanished"], done["errors"]
+    skipped = list(plan["skipped"]) + [
+        {"id": item["id"], "container_id": item["allocation"], "allocation": item["allocation"],
+         "reason": "endpoint vanished before it could be labelled"} for item in vanished]
+    return dict(labelled=[{k: v for k, v in item.items() if k != "request"} for item in labelled],
+                reaped=list(reaped), skipped_endpoints=skipped, errors=list(errors))
+
+
+def run_warnings(plan, notes, skipped):
+    """The run's warnings: the plan's, dropped meta keys (once per job and key), and endpoints
+    kept because Nomad could not confirm their allocation is gone."""
+    warnings = list(plan["warnings"])
+    for note in notes:
+        if note["action"] == "dropped":
+            warnings.append("meta key %r of job %s/%s (%d allocation(s)) left out: %s" % (
+                note["key"], note["namespace"], note["job"], note["allocations"], note["reason"]))
+    unconfirmed = [s for s in skipped if s["reason"].startswith("kept: Nomad could not confirm")]
+    if unconfirmed:
+        warnings.append("%d endpoint(s) kept because Nomad could not confirm their allocation is gone (see "
+                        "skipped_endpoints); is the Nomad token allowed to read every namespace? "
+                        "(it needs the read-job capability there: namespace \"*\" { capabilities = "
+                        "[\"read-job\"] })" % len(unconfirmed))
+    return warnings
+
+
+def endpoint_diff(done):
+    """Labels before and after, per endpoint, from ``outcome``."""
+    before, after = {}, {}
+    for item in done["labelled"]:
+        key = "endpoint %s (%s)" % (item["id"], item["allocation"])
+        before[key] = item["before"]
+        after[key] = item["labels"]
+    for item in done["reaped"]:
+        before["endpoint %s (%s)" % (item["id"], item["allocation"])] = item["labels"]
+    return {"before": before, "after": after}

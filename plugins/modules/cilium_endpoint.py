@@ -213,7 +213,6 @@ requests:
   sample: {"nomad": 2, "cilium": 3}
 """
 
-import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -222,103 +221,87 @@ from ansible_collections.netreap.cilium.plugins.module_utils._cilium import (
     CILIUM_ARGUMENT_SPEC,
     CiliumClient,
 )
+from ansible_collections.netreap.cilium.plugins.module_utils._endpoint_apply import Applier, lookup_allocations
 from ansible_collections.netreap.cilium.plugins.module_utils._endpoint_plan import (
     INVALID_META_CHOICES,
     LabelSettings,
+    endpoint_diff,
+    outcome,
+    param_error,
     plan_endpoints,
+    run_warnings,
     summarize_notes,
-)
-from ansible_collections.netreap.cilium.plugins.module_utils._http import (
-    ServiceError,
-    failure_message,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._nomad import (
     NOMAD_ARGUMENT_SPEC,
     NomadClient,
 )
-
-# With a deadline the count is not what limits 429 retries; keep it out of the way.
-RETRIES_WITHIN_DEADLINE = 1000
+from ansible_collections.netreap.cilium.plugins.module_utils._run import Run, Stop
 
 
-def lookup_allocations(nomad, alloc_ids):
-    """Confirm allocations missing from the node's list: ``{id: ("found"|"gone"|"error", ...)}``.
-
-    Only Nomad's own 404 (``alloc not found``) means gone.  The list leaves out namespaces the
-    token cannot read, and reading such an allocation answers 500/403 (``Unknown allocation``),
-    so anything but that 404 keeps the endpoint.
-    """
-    answers = {}
-    for alloc_id in alloc_ids:
-        if alloc_id in answers:
-            continue
+def read(run, params, clients):
+    """The node's ID, its endpoints, then its allocations (an endpoint exists only after Nomad
+    placed its allocation, so every endpoint listed has its allocation in the list that follows),
+    and the answers for allocations missing from that list."""
+    if param_error(params):
+        raise Stop(param_error(params))
+    try:
+        nomad = clients["nomad"] = NomadClient.from_params(params)
+    except ValueError as exc:
+        raise Stop("Nomad connection settings: %s" % exc)
+    # Reads keep the client's few retries (a wrong socket path fails in seconds); writes get
+    # the run's whole retry_deadline (Applier).
+    cilium = clients["cilium"] = CiliumClient.from_params(params, deadline=params["retry_deadline"])
+    node_id = params["nomad_node_id"]
+    if not node_id:
+        run.doing("read the local Nomad agent (agent/self) for this node's ID")
         try:
-            answers[alloc_id] = ("found", nomad.allocation(alloc_id))
-        except ServiceError as exc:
-            if exc.kind == "http" and exc.status == 404 and "not found" in exc.body.lower():
-                answers[alloc_id] = ("gone", None)
-            else:
-                answers[alloc_id] = ("error", failure_message("read allocation %s" % alloc_id, exc))
-    return answers
+            node_id = nomad.local_node_id()
+        except ValueError as exc:
+            raise Stop(str(exc))
+    run.result["node_id"] = node_id
+    run.doing("list endpoints of the Cilium agent at %s" % cilium.socket_path)
+    state = dict(node_id=node_id, endpoints=cilium.endpoints(), now_ns=time.time_ns(), lookups=None)
+    run.doing("read the allocations of Nomad node %s (nothing was changed)" % node_id)
+    state["allocations"] = nomad.node_allocations(node_id)
+    needed = plan(params, state)["lookups_needed"]
+    if needed:
+        if not state["allocations"]:
+            # An unknown node ID also yields an empty list: then every endpoint would look orphaned.
+            run.doing("check Nomad node %s, whose allocation list is empty (nothing was changed)" % node_id)
+            nomad.node(node_id)
+        state["lookups"] = lookup_allocations(nomad, needed)
+    return state
 
 
-class Applier:
-    """Makes the planned writes, each 429 retried within what is left of the run's deadline."""
-
-    def __init__(self, cilium, deadline_at, clock=time.monotonic):
-        self.cilium = cilium
-        self.deadline_at = deadline_at
-        self.clock = clock
-        self.errors = []
-
-    def _arm(self):
-        """Every change is tried at least once; retries only while the run's deadline lasts."""
-        self.cilium.http.deadline = max(self.deadline_at - self.clock(), 0.0)
-        self.cilium.http.retries = RETRIES_WITHIN_DEADLINE
-
-    def _fail(self, item, action, msg):
-        self.errors.append({"id": item["id"], "allocation": item.get("allocation"), "action": action, "msg": msg})
-
-    def label(self, item):
-        """True when labelled; None when the endpoint vanished meanwhile; False on failure."""
-        what = "label endpoint %s (allocation %s)" % (item["id"], item["allocation"])
-        self._arm()
-        try:
-            self.cilium.patch_endpoint(item["id"], item["request"])
-        except ServiceError as exc:
-            if exc.kind == "http" and exc.status == 404:
-                return None
-            self._fail(item, "label", failure_message(what, exc))
-            return False
-        return True
-
-    def reap(self, item):
-        """True when deleted (or already gone); False on failure."""
-        what = "delete endpoint %s (allocation %s)" % (item["id"], item["allocation"])
-        self._arm()
-        try:
-            self.cilium.delete_endpoint(item["id"])
-        except ServiceError as exc:
-            if exc.kind == "http" and exc.status == 404:
-                return True  # Nomad's CNI DEL (or the agent's own GC) was faster
-            self._fail(item, "reap", failure_message(what, exc))
-            return False
-        return True
+def plan(params, state):
+    settings = LabelSettings(params["meta_include"], params["meta_exclude"], params["task_meta"],
+                             params["invalid_meta"])
+    return dict(plan_endpoints(state["endpoints"], state["allocations"], state["node_id"], settings,
+                               reap=params["reap"], reap_min_age=params["reap_min_age"], now_ns=state["now_ns"],
+                               lookups=state["lookups"]), node_id=state["node_id"])
 
 
-def build_diff(plan):
-    before, after = {}, {}
-    for item in plan["patches"]:
-        key = "endpoint %s (%s)" % (item["id"], item["allocation"])
-        before[key] = item["before"]
-        after[key] = item["labels"]
-    for item in plan["reaps"]:
-        before["endpoint %s (%s)" % (item["id"], item["allocation"])] = item["labels"]
-    return {"before": before, "after": after}
+def apply(applier, steps, progress):
+    progress.update(labelled=[], reaped=[], vanished=[], errors=applier.errors)
+    for item in steps["patches"]:
+        done = applier.label(item)
+        if done or done is None:
+            progress["labelled" if done else "vanished"].append(item)
+    progress["reaped"] = [item for item in steps["reaps"] if applier.reap(item)]
+    if applier.errors:
+        raise Stop("cilium_endpoint on Nomad node %s: %d of %d changes not made: %s" % (
+            steps["node_id"], len(applier.errors), len(steps["patches"]) + len(steps["reaps"]),
+            "; ".join(f["msg"] for f in applier.errors)))
 
 
-def public(item):
-    return {k: v for k, v in item.items() if k != "request"}
+def report(module, steps, progress):
+    result = dict(outcome(steps, progress), node_id=steps["node_id"], unchanged=steps["unchanged"],
+                  meta_notes=summarize_notes(steps["notes"]))
+    result["changed"] = bool(result["labelled"] or result["reaped"])
+    for text in run_warnings(steps, result["meta_notes"], result["skipped_endpoints"]):
+        module.warn(text)
+    return result
 
 
 def main():
@@ -335,116 +318,16 @@ def main():
     argument_spec.update(NOMAD_ARGUMENT_SPEC)
     argument_spec.update(CILIUM_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    params = module.params
-    if params["reap_min_age"] < 0:
-        module.fail_json(msg="reap_min_age must be 0 or more seconds, got %s" % params["reap_min_age"])
-    if params["retry_deadline"] < 0:
-        module.fail_json(msg="retry_deadline must be 0 or more seconds, got %s" % params["retry_deadline"])
-    for option in ("meta_include", "meta_exclude"):
-        for pattern in params[option]:
-            # fnmatch reads an unclosed "[" literally and "" matches no key: both are typos.
-            if not pattern.strip() or "[" in re.sub(r"\[!?\]?[^\]]*\]", "", pattern):
-                module.fail_json(msg="%s: %r is not a meta key pattern (an empty pattern or an unclosed '[')"
-                                 % (option, pattern))
-    started = time.monotonic()
-    deadline_at = started + params["retry_deadline"]
-    nomad = endpoints = allocations = None
-    try:
-        nomad = NomadClient.from_params(params)
-    except ValueError as exc:
-        module.fail_json(msg="Nomad connection settings: %s" % exc)
-    # Reads keep the client's few retries (a wrong socket path fails in seconds); writes get
-    # the run's whole retry_deadline (Applier).
-    cilium = CiliumClient.from_params(params, deadline=params["retry_deadline"])
-    settings = LabelSettings(params["meta_include"], params["meta_exclude"], params["task_meta"],
-                             params["invalid_meta"])
-    empty = dict(labelled=[], reaped=[], unchanged=[], skipped_endpoints=[], errors=[], meta_notes=[])
-
-    def requests():
-        return {"nomad": nomad.http.request_count, "cilium": cilium.http.request_count}
-
-    def fail(msg, exc=None, **extra):
-        result = dict(empty, requests=requests(), **extra)
-        if exc is not None:
-            result["status"] = exc.status
-        module.fail_json(msg=msg, **result)
-
-    node_id = params["nomad_node_id"]
-    if not node_id:
-        try:
-            node_id = nomad.local_node_id()
-        except ServiceError as exc:
-            fail(failure_message("read the local Nomad agent (agent/self) for this node's ID", exc), exc)
-        except ValueError as exc:
-            fail(str(exc))
-
-    # Endpoints first, then allocations: an endpoint exists only after Nomad placed its
-    # allocation, so every endpoint listed has its allocation in the list that follows.
-    try:
-        endpoints = cilium.endpoints()
-    except ServiceError as exc:
-        fail(failure_message("list endpoints of the Cilium agent at %s" % cilium.socket_path, exc), exc,
-             node_id=node_id)
-    try:
-        allocations = nomad.node_allocations(node_id)
-    except ServiceError as exc:
-        fail(failure_message("read the allocations of Nomad node %s (nothing was changed)" % node_id, exc), exc,
-             node_id=node_id)
-
-    def make_plan(lookups=None):
-        return plan_endpoints(endpoints, allocations, node_id, settings, reap=params["reap"],
-                              reap_min_age=params["reap_min_age"], now_ns=time.time_ns(), lookups=lookups)
-
-    plan = make_plan()
-    if plan["lookups_needed"]:
-        if not allocations:
-            # An unknown node ID also yields an empty list: then every endpoint would look orphaned.
-            try:
-                nomad.node(node_id)
-            except ServiceError as exc:
-                fail(failure_message("check Nomad node %s, whose allocation list is empty (nothing was changed)"
-                                     % node_id, exc), exc, node_id=node_id)
-        plan = make_plan(lookup_allocations(nomad, plan["lookups_needed"]))
-
-    applier = Applier(cilium, deadline_at)
-    labelled, reaped, skipped = [], [], list(plan["skipped"])
-    for item in plan["patches"]:
-        done = True if module.check_mode else applier.label(item)
-        if done:
-            labelled.append(public(item))
-        elif done is None:
-            skipped.append({"id": item["id"], "container_id": item["allocation"], "allocation": item["allocation"],
-                            "reason": "endpoint vanished before it could be labelled"})
-    for item in plan["reaps"]:
-        if module.check_mode or applier.reap(item):
-            reaped.append(item)
-
-    warnings = list(plan["warnings"])
-    notes = summarize_notes(plan["notes"])
-    for note in notes:
-        if note["action"] == "dropped":
-            warnings.append("meta key %r of job %s/%s (%d allocation(s)) left out: %s" % (
-                note["key"], note["namespace"], note["job"], note["allocations"], note["reason"]))
-    unconfirmed = [s for s in skipped if s["reason"].startswith("kept: Nomad could not confirm")]
-    if unconfirmed:
-        warnings.append("%d endpoint(s) kept because Nomad could not confirm their allocation is gone (see "
-                        "skipped_endpoints); is the Nomad token allowed to read every namespace? "
-                        "(it needs the read-job capability there: namespace \"*\" { capabilities = "
-                        "[\"read-job\"] })"
-                        % len(unconfirmed))
-    for text in warnings:
-        module.warn(text)
-
-    result = dict(changed=bool(labelled or reaped), node_id=node_id, labelled=labelled, reaped=reaped,
-                  unchanged=plan["unchanged"], skipped_endpoints=skipped, errors=applier.errors, meta_notes=notes,
-                  requests=requests())
-    if module._diff:
-        result["diff"] = build_diff({"patches": labelled, "reaps": reaped})
-    if applier.errors:
-        planned = len(plan["patches"]) + len(plan["reaps"])
-        module.fail_json(msg="cilium_endpoint on Nomad node %s: %d of %d changes not made: %s" % (
-            node_id, len(applier.errors), planned, "; ".join(f["msg"] for f in applier.errors)), **result)
-    module.exit_json(**result)
+    params, clients = module.params, {}
+    run = Run(module, requests={"nomad": ("nomad",), "cilium": ("cilium",)})
+    run.result.update(labelled=[], reaped=[], unchanged=[], skipped_endpoints=[], errors=[], meta_notes=[])
+    deadline_at = time.monotonic() + params["retry_deadline"]
+    run.execute(lambda: read(run, params, clients),
+                plan=lambda state: plan(params, state),
+                has_changes=lambda steps: bool(steps["patches"] or steps["reaps"]),
+                apply=lambda steps, progress: apply(Applier(clients["cilium"], deadline_at), steps, progress),
+                report=lambda steps, progress: report(module, steps, progress),
+                diff=lambda steps, progress: endpoint_diff(outcome(steps, progress)))
 
 
 if __name__ == "__main__":
