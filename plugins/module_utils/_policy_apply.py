@@ -19,6 +19,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible_collections.netreap.cilium.plugins.module_utils._cilium import agent_capabilities
 from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
 from ansible_collections.netreap.cilium.plugins.module_utils._policy_decode import (
+    OWNER_LABEL,
     STATIC_PREFIX,
     STATIC_SUFFIX,
     parse_version,
@@ -179,3 +180,21 @@ def execute_static(client, agent, plan, static_dir, timeout):
                     ", ".join(stale) or "none", static_dir),
                 files_written=written, files_removed=removed, policy_revision=revision)
     return revision, written, removed
+
+
+def apply_plan(client, agent, steps, static_dir, timeout, progress):
+    """Change the agent as ``steps`` (``plan_apply``) says: the static files, the REST rules, or
+    both (an earlier method's leftovers); what was done goes into ``progress``."""
+    revision = agent["revision"]
+    if steps["static"] is not None and steps["method"] == "static-dir":
+        revision, progress["files_written"], progress["files_removed"] = execute_static(
+            client, agent, steps["static"], static_dir, timeout)
+        if steps["rest_cleanup"]:
+            revision = execute_rest(client, dict(agent, revision=revision), dict(put=None, delete=[[OWNER_LABEL]]))
+    else:
+        if steps["rest"] is not None and steps["rest"]["changed"]:
+            revision = execute_rest(client, agent, steps["rest"])
+        if steps["static"] is not None and steps["static"]["changed"]:
+            revision, progress["files_written"], progress["files_removed"] = execute_static(
+                client, dict(agent, revision=revision), steps["static"], static_dir, timeout)
+    progress.update(policy_revision=revision, applied=True)

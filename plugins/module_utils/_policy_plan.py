@@ -30,11 +30,13 @@ from ansible_collections.netreap.cilium.plugins.module_utils._policy_decode impo
     SUPPORTED_MINORS,
     agent_rule_refs,
     consul_value,
+    format_version,
     diff_refs,
     is_owned_rule,
     label_value,
     labelled_for_agent,
     normalize_rules,
+    policy_revision,
     parse_release,
     policy_revision,
     PolicyError,
@@ -50,7 +52,9 @@ from ansible_collections.netreap.cilium.plugins.module_utils._policy_render impo
     static_header_ref,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._policy_validate import (
+    PolicyValidationError,
     ValidationTarget,
+    validate_rules,
 )
 
 # ============================================================================================
@@ -343,6 +347,41 @@ def plan_apply(state, requested, agent, desired, static_dir, listing, socket_pat
     return plan, fields, diffs
 
 
-def unloaded_files(agent, plan):
-    """Our files in an unchanged static directory that the agent runs no rules from."""
-    return sorted(set(plan["static"]["files"]) - files_in_agent(agent["rules"]))
+def unloaded_warning(agent, plan):
+    """What to say when the agent runs no rules from some of our files in an unchanged static
+    directory (None when it runs them all, or there is no such directory)."""
+    if plan is None or plan["method"] != "static-dir":
+        return None
+    missing = sorted(set(plan["static"]["files"]) - files_in_agent(agent["rules"]))
+    if not missing:
+        return None
+    return ("the Cilium agent has no rules from %s: check its --static-cnp-path and its log (it keeps the previous "
+            "version of a file it rejects)" % ", ".join(missing))
+def plan_policy(params, entry, src_data, agent, listing, socket_path):
+    """What ``cilium_policy`` publishes and applies, from what it read: ``{"publish", "apply",
+    "result", "diffs", "warnings"}`` (the result fields, the diffs and warnings to report)."""
+    todo = dict(publish=None, apply=None, diffs=[], warnings=[])
+    desired = desired_rules(params, entry, src_data)
+    todo["result"] = result = dict(published=False, applied=False, rule_count=len(desired),
+                                   policy_hash=policy_revision(desired))
+    if params["publish"] or params["from_consul"]:
+        result.update(consul_key=params["consul_key"], consul_index=entry["ModifyIndex"] if entry else 0)
+    if agent is not None:
+        result.update(agent_version=agent["caps"]["version"], policy_revision=agent["revision"],
+                      previous_policy_revision=agent["revision"])
+    targets = validation_targets(params, agent)
+    result["validated_for"] = [format_version(t.minor) for t in sorted(targets, key=lambda t: t.minor)]
+    try:
+        validate_rules(desired, targets)
+    except PolicyValidationError as exc:
+        raise PolicyError("%s; nothing was published or applied" % exc, validated_for=result["validated_for"])
+    if params["publish"]:
+        todo["publish"], fields, diffs, todo["warnings"] = plan_publish(params["consul_key"], entry, desired)
+        result.update(fields)
+        todo["diffs"] += diffs
+    if agent is not None:
+        todo["apply"], fields, diffs = plan_apply(
+            params["state"], params["method"], agent, desired, params["static_policy_dir"], listing, socket_path)
+        result.update(fields)
+        todo["diffs"] += diffs
+    return todo

@@ -290,23 +290,12 @@ from ansible_collections.netreap.cilium.plugins.module_utils._consul import (
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
 from ansible_collections.netreap.cilium.plugins.module_utils._policy_apply import (
-    execute_rest,
-    execute_static,
+    apply_plan,
     read_agent,
     read_static_dir,
 )
-from ansible_collections.netreap.cilium.plugins.module_utils._policy_decode import (
-    DEFAULT_CONSUL_KEY,
-    OWNER_LABEL,
-    PolicyError,
-    format_version,
-    policy_revision,
-)
+from ansible_collections.netreap.cilium.plugins.module_utils._policy_decode import DEFAULT_CONSUL_KEY, PolicyError
 from ansible_collections.netreap.cilium.plugins.module_utils import _policy_plan as planner
-from ansible_collections.netreap.cilium.plugins.module_utils._policy_validate import (
-    PolicyValidationError,
-    validate_rules,
-)
 from ansible_collections.netreap.cilium.plugins.module_utils._run import Run, Stop
 
 
@@ -349,40 +338,13 @@ def read(run, params):
 
 
 def plan(params, seen):
-    """What to publish and apply, the result fields, the diffs and the warnings (no I/O)."""
-    entry, agent = seen["entry"], seen["agent"]
-    todo = dict(seen=seen, publish=None, apply=None, diffs=[], warnings=[])
-    desired = planner.desired_rules(params, entry, seen["src_data"])
-    todo["result"] = result = dict(published=False, applied=False, rule_count=len(desired),
-                                   policy_hash=policy_revision(desired))
-    if params["publish"] or params["from_consul"]:
-        result.update(consul_key=params["consul_key"], consul_index=entry["ModifyIndex"] if entry else 0)
-    if agent is not None:
-        result.update(agent_version=agent["caps"]["version"], policy_revision=agent["revision"],
-                      previous_policy_revision=agent["revision"])
-    targets = planner.validation_targets(params, agent)
-    result["validated_for"] = [format_version(t.minor) for t in sorted(targets, key=lambda t: t.minor)]
-    try:
-        validate_rules(desired, targets)
-    except PolicyValidationError as exc:
-        raise PolicyError("%s; nothing was published or applied" % exc, validated_for=result["validated_for"])
-    if params["publish"]:
-        todo["publish"], fields, diffs, todo["warnings"] = planner.plan_publish(params["consul_key"], entry, desired)
-        result.update(fields)
-        todo["diffs"] += diffs
-    if agent is not None:
-        todo["apply"], fields, diffs = planner.plan_apply(
-            params["state"], params["method"], agent, desired, params["static_policy_dir"], seen["listing"],
-            seen["client"].socket_path)
-        result.update(fields)
-        todo["diffs"] += diffs
-    return todo
+    socket_path = seen["client"].socket_path if seen["client"] else None
+    todo = planner.plan_policy(params, seen["entry"], seen["src_data"], seen["agent"], seen["listing"], socket_path)
+    return dict(todo, seen=seen)
 
 
 def apply(run, params, todo, progress):
-    """Consul first (a lost race stops everything), then the agent: the static files, the REST
-    rules, or both (an earlier method's leftovers)."""
-    seen, key = todo["seen"], params["consul_key"]
+    seen, key = todo["seen"], params["consul_key"]  # Consul first: a lost race stops everything
     if todo["publish"] and todo["publish"]["changed"]:
         cas = todo["publish"]["cas"]
         try:
@@ -395,23 +357,9 @@ def apply(run, params, todo, progress):
                        "failed): nothing was published or applied; run again to publish on top of the new value"
                        % (key, cas or "0, when it did not exist"), published=False)
         progress["published"] = True
-    if not todo["result"]["applied"]:
-        return
-    client, agent, steps = seen["client"], seen["agent"], todo["apply"]
-    static_dir, timeout = params["static_policy_dir"], params["static_load_timeout"]
-    revision = agent["revision"]
-    if steps["static"] is not None and steps["method"] == "static-dir":
-        revision, progress["files_written"], progress["files_removed"] = execute_static(
-            client, agent, steps["static"], static_dir, timeout)
-        if steps["rest_cleanup"]:
-            revision = execute_rest(client, dict(agent, revision=revision), dict(put=None, delete=[[OWNER_LABEL]]))
-    else:
-        if steps["rest"] is not None and steps["rest"]["changed"]:
-            revision = execute_rest(client, agent, steps["rest"])
-        if steps["static"] is not None and steps["static"]["changed"]:
-            revision, progress["files_written"], progress["files_removed"] = execute_static(
-                client, dict(agent, revision=revision), steps["static"], static_dir, timeout)
-    progress.update(policy_revision=revision, applied=True)
+    if todo["result"]["applied"]:
+        apply_plan(seen["client"], seen["agent"], todo["apply"], params["static_policy_dir"],
+                   params["static_load_timeout"], progress)
 
 
 def report(module, todo, progress):
@@ -421,13 +369,10 @@ def report(module, todo, progress):
     result["changed"] = bool(result["published"] or result["applied"])
     for text in todo["warnings"]:
         module.warn(text)
-    steps = todo["apply"]
-    if progress is None and steps is not None and steps["method"] == "static-dir" and not module.check_mode \
-            and module.params["static_load_timeout"]:
-        missing = planner.unloaded_files(todo["seen"]["agent"], steps)
-        if missing:
-            module.warn("the Cilium agent has no rules from %s: check its --static-cnp-path and its log (it keeps "
-                        "the previous version of a file it rejects)" % ", ".join(missing))
+    if progress is None and not module.check_mode and module.params["static_load_timeout"]:
+        unloaded = planner.unloaded_warning(todo["seen"]["agent"], todo["apply"])
+        if unloaded:
+            module.warn(unloaded)
     return result
 
 
@@ -458,6 +403,7 @@ def main():
                 apply=lambda todo, progress: apply(run, params, todo, progress),
                 report=lambda todo, progress: report(module, todo, progress),
                 diff=lambda todo, progress: todo["diffs"])
+
 
 if __name__ == "__main__":
     main()
