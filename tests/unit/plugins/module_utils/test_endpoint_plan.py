@@ -8,11 +8,15 @@ from ansible_collections.netreap.cilium.plugins.module_utils._endpoint_plan impo
     allocation_meta,
     canonical_label,
     desired_labels,
+    endpoint_diff,
     is_label_value,
     is_selector_key,
     is_terminal,
+    outcome,
+    param_error,
     parse_label,
     plan_endpoints,
+    run_warnings,
     sanitize_label_value,
     summarize_notes,
 )
@@ -409,3 +413,53 @@ def test_notes_are_summarised_per_job_and_key():
     summary = summarize_notes(result["notes"])
     assert len(summary) == 1
     assert (summary[0]["job"], summary[0]["key"], summary[0]["allocations"]) == ("web", "owner", 3)
+
+
+# -- what the run reports ------------------------------------------------------------------------
+
+def params(**over):
+    out = dict(reap_min_age=0, retry_deadline=120.0, meta_include=["*"], meta_exclude=[])
+    out.update(over)
+    return out
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(reap_min_age=-1), "reap_min_age must be 0 or more seconds, got -1"),
+    (dict(retry_deadline=-0.5), "retry_deadline must be 0 or more seconds, got -0.5"),
+    (dict(meta_include=["team", "[ab"]), "meta_include: '[ab' is not a meta key pattern"),
+    (dict(meta_exclude=[" "]), "meta_exclude: ' ' is not a meta key pattern"),
+])
+def test_parameters_refused_with_the_option_named(over, message):
+    assert param_error(params(**over)).startswith(message)
+
+
+def test_closed_brackets_and_defaults_are_accepted():
+    assert param_error(params(meta_include=["team_[ab]", "[!x]*"])) is None
+
+
+def test_a_vanished_endpoint_is_reported_skipped_not_labelled():
+    result = plan([endpoint(7, A1), endpoint(8, A2)], [alloc(A1), alloc(A2, job="api")])
+    first, second = result["patches"]
+    done = outcome(result, dict(labelled=[first], reaped=[], vanished=[second], errors=[]))
+    assert ids(done["labelled"]) == [first["id"]] and "request" not in done["labelled"][0]
+    assert [(s["id"], s["reason"]) for s in done["skipped_endpoints"]] == [
+        (second["id"], "endpoint vanished before it could be labelled")]
+    would = outcome(result)  # check mode: every planned change
+    assert ids(would["labelled"]) == [7, 8] and would["errors"] == []
+
+
+def test_unconfirmed_allocations_warn_once_with_the_acl_to_grant():
+    lookups = {A2: ("error", 'read allocation %s: nomad HTTP 500: Unknown allocation "%s"' % (A2, A2)),
+               A3: ("error", 'read allocation %s: nomad HTTP 500: Unknown allocation "%s"' % (A3, A3))}
+    result = plan([endpoint(8, A2), endpoint(9, A3)], [], lookups=lookups)
+    warnings = run_warnings(result, [], outcome(result)["skipped_endpoints"])
+    assert len(warnings) == 1 and warnings[0].startswith("2 endpoint(s) kept because Nomad could not confirm")
+    assert 'capabilities = ["read-job"]' in warnings[0]
+
+
+def test_diff_shows_labels_before_and_after_and_reaped_endpoints_leaving():
+    result = plan([endpoint(7, A1), endpoint(8, A2, security=THREE)], [alloc(A1), alloc(A2, client="complete")])
+    diff = endpoint_diff(outcome(result))
+    assert diff["before"]["endpoint 7 (%s)" % A1] == ["reserved:init"]
+    assert diff["after"]["endpoint 7 (%s)" % A1] == result["patches"][0]["labels"]
+    assert diff["before"]["endpoint 8 (%s)" % A2] == THREE and "endpoint 8 (%s)" % A2 not in diff["after"]
