@@ -170,7 +170,7 @@ def execute_static(client, agent, plan, static_dir, timeout):
             revision, missing, stale = wait_for_files(client, plan["files"], removed, timeout)
         except ServiceError as exc:
             raise Stop(failure_message("read Cilium agent at %s" % client.socket_path, exc),
-                                files_written=written, files_removed=removed)
+                       files_written=written, files_removed=removed)
         if missing or stale:
             raise Stop(
                 "the Cilium agent at %s did not pick up the policy files in %s within %ss (not loaded: %s; still "

@@ -57,6 +57,7 @@ from ansible_collections.netreap.cilium.plugins.module_utils._policy_validate im
     validate_rules,
 )
 
+
 # ============================================================================================
 # REST plans
 # ============================================================================================
@@ -163,7 +164,7 @@ def check_params(params):
         raise PolicyError("state=present needs one of rules, src or from_consul")
     if params["state"] == "absent" and (sources or params["publish"] or not params["apply"]):
         raise PolicyError("state=absent removes this collection's rules from the local agent: it needs "
-                            "apply=true and takes no rules, src, from_consul or publish")
+                          "apply=true and takes no rules, src, from_consul or publish")
     if params["publish"] and params["from_consul"]:
         raise PolicyError("publish and from_consul together would write back what was read; choose one")
 
@@ -176,11 +177,11 @@ def desired_rules(params, consul_entry, src_data=None):
         if params["from_consul"]:
             if consul_entry is None:
                 raise PolicyError("Consul key %s does not exist: nothing to apply (publish a policy first; "
-                                    "publish an empty list [] to remove our rules)" % params["consul_key"])
+                                  "publish an empty list [] to remove our rules)" % params["consul_key"])
             value = consul_entry.get("Value") or b""
             if not value.strip():
                 raise PolicyError("Consul key %s is empty: nothing to apply (publish an empty list [] to "
-                                    "remove our rules)" % params["consul_key"])
+                                  "remove our rules)" % params["consul_key"])
             return normalize_rules(value)
         if params["src"] is not None:
             try:
@@ -229,10 +230,10 @@ def choose_method(requested, agent, static_dir):
             if static_dir:
                 return "static-dir"
             raise PolicyError("the Cilium agent reports no version, so the apply method cannot be chosen: "
-                                "set method")
+                              "set method")
         if caps["static_policy_supported"]:
             raise PolicyError("Cilium %s has no REST policy write API (removed in 1.19): set static_policy_dir "
-                                "to the agent's --static-cnp-path" % version)
+                              "to the agent's --static-cnp-path" % version)
         raise PolicyError("Cilium %s offers no way to apply policy" % version)
     known = caps["version"] is not None
     if requested == "replace-with-labels" and known and not caps["replace_with_labels"]:
@@ -240,11 +241,11 @@ def choose_method(requested, agent, static_dir):
             version, "add-then-delete" if caps["rest_policy_write"] else "static-dir"))
     if requested == "add-then-delete" and known and not caps["rest_policy_write"]:
         raise PolicyError("method add-then-delete needs the REST policy API (Cilium up to 1.18); the agent is "
-                            "%s (use static-dir)" % version)
+                          "%s (use static-dir)" % version)
     if requested == "static-dir":
         if known and not caps["static_policy_supported"]:
             raise PolicyError("method static-dir needs Cilium 1.16 or later (--static-cnp-path); the agent is %s"
-                                % version)
+                              % version)
         if not static_dir:
             raise PolicyError("method static-dir needs static_policy_dir (the agent's --static-cnp-path)")
     return requested
@@ -278,7 +279,7 @@ def plan_publish(key, entry, desired):
     size = len(value.encode("utf-8"))
     if size > CONSUL_MAX_VALUE_SIZE:
         raise PolicyError("the policy is %d bytes as JSON, more than Consul's limit of %d bytes (512 KiB) for "
-                            "one value; nothing was published or applied" % (size, CONSUL_MAX_VALUE_SIZE))
+                          "one value; nothing was published or applied" % (size, CONSUL_MAX_VALUE_SIZE))
     old_rules, old_text, warnings = None, None, []
     if entry is not None:
         old_text = to_text(entry.get("Value") or b"", errors="surrogate_or_replace")
@@ -305,7 +306,7 @@ def plan_apply(state, requested, agent, desired, static_dir, listing, socket_pat
     method = None if state == "absent" else choose_method(requested, agent, static_dir)
     if listing is None and method == "static-dir":
         raise PolicyError("static_policy_dir %s does not exist or is not a directory (create it and start the "
-                            "agent with --static-cnp-path=%s)" % (static_dir, static_dir))
+                          "agent with --static-cnp-path=%s)" % (static_dir, static_dir))
     owned = [r for r in agent["rules"] if is_owned_rule(r)]
     plan = dict(method=method, rest=None, static=None, rest_cleanup=False)
     if method in ("replace-with-labels", "add-then-delete"):
@@ -319,7 +320,7 @@ def plan_apply(state, requested, agent, desired, static_dir, listing, socket_pat
         plan["static"] = plan_static(desired, listing, len(owned) if plan["rest_cleanup"] else 0)
         if plan["static"]["conflicts"]:
             raise PolicyError("%s already holds %s, which this collection did not write: rename or remove it; "
-                                "nothing was published or applied" % (static_dir, ", ".join(plan["static"]["conflicts"])))
+                              "nothing was published or applied" % (static_dir, ", ".join(plan["static"]["conflicts"])))
         changes = plan["static"]["diff"]
     else:  # state=absent: every rule and file of ours, by whatever method it got there
         if owned and rest_writable(agent):
@@ -357,6 +358,8 @@ def unloaded_warning(agent, plan):
         return None
     return ("the Cilium agent has no rules from %s: check its --static-cnp-path and its log (it keeps the previous "
             "version of a file it rejects)" % ", ".join(missing))
+
+
 def plan_policy(params, entry, src_data, agent, listing, socket_path):
     """What ``cilium_policy`` publishes and applies, from what it read: ``{"publish", "apply",
     "result", "diffs", "warnings"}`` (the result fields, the diffs and warnings to report)."""

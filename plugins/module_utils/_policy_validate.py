@@ -16,11 +16,11 @@ import json
 import re
 
 from ansible_collections.netreap.cilium.plugins.module_utils._policy_decode import (
+    FIELDS_SINCE,
+    FIELDS_UNTIL,
     MAX_ICMP_FIELDS,
     MAX_PORTS,
     PolicyValidationError,
-    FIELDS_SINCE,
-    FIELDS_UNTIL,
     at_least,
     rule_name,
 )
