@@ -390,12 +390,8 @@ class _Reject(Exception):
         self.field = field
 
 
-class _RuleChecker:
-    """The agent's checks for one Cilium minor version and (when known) its flags.
-
-    ``l7_proxy`` / ``node_selector_labels`` / ``icmp_rules``: the agent's flags, or None when
-    unknown (publishing without an agent): checks that depend on them are skipped then.
-    """
+class ValidationTarget:
+    """One agent configuration to validate for: a Cilium minor and the flags, where known."""
 
     def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None, patch=None):
         self.minor = minor
@@ -403,6 +399,20 @@ class _RuleChecker:
         self.l7_proxy = l7_proxy
         self.node_selector_labels = node_selector_labels
         self.icmp_rules = icmp_rules
+
+    def key(self):
+        return (self.minor, self.patch, self.l7_proxy, self.node_selector_labels, self.icmp_rules)
+
+
+class _RuleChecker(ValidationTarget):
+    """The agent's checks for one Cilium minor version and (when known) its flags.
+
+    ``l7_proxy`` / ``node_selector_labels`` / ``icmp_rules``: the agent's flags, or None when
+    unknown (publishing without an agent): checks that depend on them are skipped then.
+    """
+
+    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None, patch=None):
+        super().__init__(minor, l7_proxy, node_selector_labels, icmp_rules, patch)
         # The agent lower-cased most validation messages in 1.16.7 and 1.17.0
         # (docs/upstream.md#rule-validation-per-release-recorded); a minor given without patch
         # means its latest behaviour.
@@ -730,20 +740,6 @@ def _l7_counts(port_rules):
         for member, key in (("DNS", "dns"), ("HTTP", "http"), ("Kafka", "kafka")):
             counts[member] = counts.get(member, 0) + len(rules.get(key) or [])
     return counts
-
-
-class ValidationTarget:
-    """One agent configuration to validate for: a Cilium minor and the flags, where known."""
-
-    def __init__(self, minor, l7_proxy=None, node_selector_labels=None, icmp_rules=None, patch=None):
-        self.minor = minor
-        self.patch = patch
-        self.l7_proxy = l7_proxy
-        self.node_selector_labels = node_selector_labels
-        self.icmp_rules = icmp_rules
-
-    def key(self):
-        return (self.minor, self.patch, self.l7_proxy, self.node_selector_labels, self.icmp_rules)
 
 
 def validate_rules(rules, targets):
