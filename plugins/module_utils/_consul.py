@@ -17,6 +17,7 @@ from ansible_collections.netreap.cilium.plugins.module_utils._http import (
     parse_bool,
     pick,
 )
+from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_types import go_path_clean
 
 DEFAULT_ADDRESS = "127.0.0.1:8500"
 DEFAULT_TIMEOUT = 10.0
@@ -55,32 +56,6 @@ class ConsulTxnError(ServiceError):
         return "consul %s %s: HTTP 409: transaction rolled back: %s" % (
             self.method, self.url, whats or self.body)
 
-    @property
-    def permission_denied(self):
-        return any("Permission denied" in (e.get("What") or "") for e in self.errors)
-
-
-def go_path_clean(path):
-    """Go's ``path.Clean``: the shortest equivalent path (``//`` -> ``/``, ``.`` dropped, ``x/..``
-    removed, no trailing slash; ``""`` -> ``"."``).  Cilium builds kvstore keys with ``path.Join``
-    (which cleans) and Consul's HTTP server redirects any uncleaned ``/v1/kv/...`` path
-    (docs/upstream.md#consul-cleans-kv-paths, #cilium-kvstore-value-keys-are-cleaned)."""
-    rooted = path.startswith("/")
-    out = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if out and out[-1] != "..":
-                out.pop()
-            elif not rooted:
-                out.append("..")
-            continue
-        out.append(part)
-    cleaned = "/".join(out)
-    if rooted:
-        return "/" + cleaned
-    return cleaned or "."
 
 
 def key_option_problem(option, value, kind="key"):
@@ -232,20 +207,16 @@ class ConsulClient:
         return _decode_entry(data[0]), index
 
     def kv_list(self, prefix):
-        """Every entry under ``prefix`` (recurse); [] when there is none."""
+        """Every entry under ``prefix`` (recurse; [] when there is none), X-Consul-Index, and
+        whether ACLs filtered the listing (X-Consul-Results-Filtered-By-ACLs: it is incomplete)."""
         data, resp = self.http.request_json("GET", self._kv_path(prefix),
                                             query=self._query(recurse=""), expect=(200, 404),
                                             allow_empty=True)
         index = int(resp.header("x-consul-index", "0") or 0)
+        filtered = (resp.header("x-consul-results-filtered-by-acls") or "").lower() == "true"
         if resp.status == 404 or not data:
-            return [], index
-        return [_decode_entry(e) for e in data], index
-
-    def kv_keys(self, prefix, separator=None):
-        data, resp = self.http.request_json("GET", self._kv_path(prefix),
-                                            query=self._query(keys="", separator=separator),
-                                            expect=(200, 404), allow_empty=True)
-        return (data or []) if resp.status == 200 else []
+            return [], index, filtered
+        return [_decode_entry(e) for e in data], index, filtered
 
     def kv_put(self, key, value, cas=None, flags=None, acquire=None, release=None):
         """Write ``value`` (bytes or str); returns Consul's true/false (CAS/lock outcome)."""
@@ -330,23 +301,6 @@ class ConsulClient:
             raise
         return data.get("Results") or []
 
-    def txn_batched(self, ops, max_ops=None):
-        """Run ``ops`` in as few transactions as the op limit allows.
-
-        Each batch is atomic; batches are not atomic together.  Returns the number of
-        batches committed; on failure the ConsulTxnError gets ``committed_batches``.
-        """
-        limit = max_ops or self.txn_max_ops()
-        committed = 0
-        for start in range(0, len(ops), limit):
-            try:
-                self.txn(ops[start:start + limit])
-            except ServiceError as exc:
-                exc.committed_ops = start
-                raise
-            committed += 1
-        return committed
-
     # -- Sessions and locks -----------------------------------------------------------------
     def session_create(self, name, ttl="30s", lock_delay="15s", behavior="release"):
         body = {"Name": name, "TTL": ttl, "LockDelay": lock_delay, "Behavior": behavior,
@@ -371,17 +325,3 @@ class ConsulClient:
 
     def lock_release(self, key, session_id):
         return self.kv_put(key, None, release=session_id)
-
-
-def kv_set_op(key, value, flags=None):
-    op = {"Verb": "set", "Key": key, "Value": base64.b64encode(value).decode("ascii")}
-    if flags is not None:
-        op["Flags"] = flags
-    return {"KV": op}
-
-
-def kv_delete_op(key, index=None):
-    """A txn op deleting ``key``; with ``index`` it only deletes that exact revision."""
-    if index is None:
-        return {"KV": {"Verb": "delete", "Key": key}}
-    return {"KV": {"Verb": "delete-cas", "Key": key, "Index": index}}

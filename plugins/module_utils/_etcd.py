@@ -272,6 +272,11 @@ class EtcdClient:
         data = self.call("lease/grant", {"TTL": str(int(ttl))})
         return int(data["ID"])
 
+    def lease_keepalive(self, lease_id):
+        """Renew a lease once; returns its remaining TTL in seconds (0: it has expired)."""
+        data = self.call("lease/keepalive", {"ID": str(lease_id)})
+        return int((data.get("result") or data).get("TTL", 0) or 0)
+
     def lease_revoke(self, lease_id):
         self.call("lease/revoke", {"ID": str(lease_id)})
 

@@ -75,10 +75,6 @@ class ServiceError(Exception):
                   "tls": "TLS error", "transport": "connection failed"}
         return "%s: %s: %s" % (where, labels.get(self.kind, self.kind), self.reason)
 
-    @property
-    def retryable(self):
-        return self.kind == "refused" or self.status == 429
-
 
 def failure_message(action, exc):
     """``<verb> <object> <id>: HTTP <status>: <body>`` for fail_json, from any ServiceError."""

@@ -3,41 +3,35 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Internal to netreap.cilium (not a public API): one interface over Cilium's kvstore backends.
 
-``ConsulKV`` and ``EtcdKV`` offer the same calls to the GC modules:
+``ConsulKV`` and ``EtcdKV`` adapt the Consul and etcd clients (through their public calls) to the
+same calls, on the value types of ``_kvstore_types``:
 
 * ``list(prefix)`` -> sorted ``KVEntry(key, value, revision)`` (Consul ModifyIndex, etcd
   mod_revision); a Consul listing that ACLs filtered raises ``KVStoreError`` instead of
   silently looking smaller than it is;
 * ``get``/``put`` for single keys (the heartbeat);
-* ``commit(changes, fence)``: apply groups of operations (``delete_if`` a key still has a
-  revision, plain ``delete``/``put``, and ``absent_prefix`` -- "no key under this prefix", etcd
-  only) in as few transactions as the server's op limit allows.  Each change is atomic; a change
-  whose condition no longer holds is dropped from its batch and reported as a conflict, the rest
-  of the batch is retried.  With a ``fence`` (the leader lock) every transaction also checks that
-  we still hold the lock, so a reaper that lost its lock can never delete;
+* ``commit(changes, fence, result=...)``: apply groups of operations (``delete_if`` a key still
+  has a revision, plain ``delete``/``put``, and ``absent_prefix`` -- "no key under this prefix",
+  etcd only) in as few transactions as the server's op limit allows, recording what was done in
+  ``result`` as it goes.  Each change is atomic; a change whose condition no longer holds is
+  dropped from its batch and reported as a conflict, the rest of the batch is retried.  With a
+  ``fence`` (the leader lock) every transaction also checks that we still hold the lock, so a
+  reaper that lost its lock can never delete;
 * ``lock(key, ttl, holder)``: the leader lock -- a Consul session (behaviour ``release``) that
   acquires ``key``, or an etcd lease with a create-if-absent ``key``.  Released on exit; if the
   process dies the session or lease expires after its TTL.
-
-``GCRun`` is the flow both GC modules share: plan without writing, then (only if there is
-something to write and not in check mode) take the lock, plan again from a fresh read, commit
-fenced by the lock, release it, and report what was done.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
 import time
-from collections import namedtuple
 
 from ansible_collections.netreap.cilium.plugins.module_utils._consul import (
     CONSUL_ARGUMENT_SPEC,
     ConsulClient,
     ConsulTxnError,
-    key_options_problem,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._etcd import (
     ETCD_ARGUMENT_SPEC,
@@ -47,60 +41,23 @@ from ansible_collections.netreap.cilium.plugins.module_utils._etcd import (
     prefix_range_end,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
+from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_types import (
+    CommitResult,
+    KVEntry,
+    delete,
+)
 
-DEFAULT_STATE_PREFIX = "netreap/gc/v1"
 # Netreap's leader key: a reaper from this collection and a running Netreap exclude each other.
 CONSUL_DEFAULT_LOCK_KEY = "service/netreaper/leader"
-DEFAULT_LOCK_TTL = 30
 CONSUL_LOCK_DELAY = "15s"
+# The HTTP-layer service names a run counts as "kvstore" requests (``_run.Run(requests=...)``).
+KVSTORE_REQUESTS = {"kvstore": ("consul", "etcd")}
 
 KVSTORE_ARGUMENT_SPEC = dict(
     kvstore=dict(type="str", choices=["consul", "etcd"], default="etcd"),
 )
 KVSTORE_ARGUMENT_SPEC.update(CONSUL_ARGUMENT_SPEC)
 KVSTORE_ARGUMENT_SPEC.update(ETCD_ARGUMENT_SPEC)
-
-GC_ARGUMENT_SPEC = dict(
-    kvstore_txn_max_ops=dict(type="int"),
-    gc_state_prefix=dict(type="str", default=DEFAULT_STATE_PREFIX),
-    lock_key=dict(type="str", no_log=False),
-    lock_ttl=dict(type="int", default=DEFAULT_LOCK_TTL),
-    on_lock_held=dict(type="str", choices=["skip", "fail"], default="skip"),
-)
-
-KVEntry = namedtuple("KVEntry", "key value revision")
-
-
-class Op(namedtuple("Op", "kind key revision value")):
-    """One kvstore operation inside a Change.
-
-    kind: ``delete_if`` (delete only while ``key`` has ``revision``), ``delete``, ``put``,
-    ``absent_prefix`` (fail the change if any key starts with ``key``; enforced by etcd only,
-    Consul transactions have no prefix check).
-    """
-
-    __slots__ = ()
-
-
-def delete_if(key, revision):
-    return Op("delete_if", key, int(revision), None)
-
-
-def delete(key):
-    return Op("delete", key, None, None)
-
-
-def put(key, value):
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    return Op("put", key, None, value)
-
-
-def absent_prefix(prefix):
-    return Op("absent_prefix", prefix, None, None)
-
-
-Change = namedtuple("Change", "tag ops")
 
 
 class KVStoreError(Exception):
@@ -111,24 +68,7 @@ class KVStoreError(Exception):
         self.cause = cause
 
 
-class CommitResult:
-    def __init__(self):
-        self.done = []          # tags whose every operation committed
-        self.conflicts = {}     # tag -> why it was not applied
-        self.unconfirmed = []   # tags of a transaction whose outcome is unknown (timeout)
-        self.partial = []       # tags split over transactions of which only the first ran
-        self.transactions = 0
-
-
-class CommitError(KVStoreError):
-    """A write failed part-way; ``result`` says what was committed before."""
-
-    def __init__(self, message, result, cause=None):
-        super().__init__(message, cause)
-        self.result = result
-
-
-class LockLost(CommitError):
+class LockLost(KVStoreError):
     """The fence check failed: someone else holds (or nobody holds) the leader lock now."""
 
 
@@ -185,15 +125,16 @@ class _Backend:
     def max_ops(self):
         return self._max_ops or self.default_max_ops
 
-    def commit(self, changes, fence=None, between_batches=None):
-        """Apply ``changes`` (list of Change) in batched transactions; returns CommitResult.
+    def commit(self, changes, fence=None, between_batches=None, result=None):
+        """Apply ``changes`` (list of Change) in batched transactions; returns the CommitResult.
 
         ``fence`` is a held lock (checked inside every transaction); ``between_batches`` is
-        called after each batch (to renew the lock).  Raises CommitError (with the partial
-        result) when a transaction fails for any reason other than a conflict, LockLost when
-        the fence check fails.
+        called after each batch (to renew the lock).  What is done is recorded in ``result`` (a
+        CommitResult, new if None) as it happens, so after an exception it still says what was
+        committed: a ServiceError (the changes of a transaction that timed out are listed as
+        ``unconfirmed``) or LockLost when the fence check fails.
         """
-        result = CommitResult()
+        result = CommitResult() if result is None else result
         capacity = self.max_ops() - (1 if fence is not None else 0)
         if capacity < 1:
             raise KVStoreError("kvstore_txn_max_ops must leave room for at least one operation")
@@ -204,14 +145,11 @@ class _Backend:
             for unused_attempt in range(self.attempts if pending else 0):
                 try:
                     ok, conflicts, pending = self._commit_once(pending, fence)
-                except LockLost as exc:
-                    exc.result = result
-                    raise
                 except ServiceError as exc:
                     result.transactions += 1
                     if exc.kind in ("timeout", "transport"):
                         result.unconfirmed.extend(change.tag for change, unused, last in pending)
-                    raise CommitError(str(exc), result, exc)
+                    raise
                 result.transactions += 1
                 for tag, why in conflicts.items():
                     failed.add(tag)
@@ -225,18 +163,9 @@ class _Backend:
                     result.conflicts[change.tag] = "kept changing while being written"
                 pending = []
             for change, unused, last in pending:
-                if last:
-                    result.done.append(change.tag)
-                else:
-                    result.partial.append(change.tag)
+                (result.done if last else result.partial).append(change.tag)
             if between_batches is not None:
-                try:
-                    between_batches()
-                except LockLost as exc:
-                    exc.result = result
-                    raise
-                except ServiceError as exc:
-                    raise CommitError("renew the leader lock: %s" % exc.describe(), result, exc)
+                between_batches()
         result.partial = [tag for tag in result.partial if tag not in result.done]
         return result
 
@@ -257,29 +186,16 @@ class ConsulKV(_Backend):
         self.client = client
         self._listings_checked = None
 
-    @property
-    def request_count(self):
-        return self.client.http.request_count
-
     def max_ops(self):
         return self._max_ops or self.client.txn_max_ops()
 
     def list(self, prefix):
-        http = self.client.http
-        data, resp = http.request_json("GET", self.client._kv_path(prefix),
-                                       query=self.client._query(recurse=""), expect=(200, 404),
-                                       allow_empty=True)
-        if (resp.header("x-consul-results-filtered-by-acls") or "").lower() == "true":
+        entries, unused_index, filtered = self.client.kv_list(prefix)
+        if filtered:
             raise KVStoreError("Consul hid part of %s from this token (X-Consul-Results-Filtered-By-ACLs):"
                                " the listing is incomplete; grant key:read on that prefix" % prefix)
-        if resp.status == 404 or not data:
-            return []
-        entries = []
-        for item in data:
-            value = item.get("Value")
-            entries.append(KVEntry(item["Key"], base64.b64decode(value) if value else b"",
-                                   int(item.get("ModifyIndex") or 0)))
-        return sorted(entries)
+        return sorted(KVEntry(e["Key"], e.get("Value") or b"", int(e.get("ModifyIndex") or 0))
+                      for e in entries)
 
     def check_listings_complete(self):
         """Raise KVStoreError unless a listing shortened by ACLs would have been noticed."""
@@ -336,7 +252,7 @@ class ConsulKV(_Backend):
             positions = [(e.get("OpIndex"), e.get("What") or "") for e in exc.errors]
             for position, what in positions:
                 if fence is not None and position == 0:
-                    raise LockLost("lost the leader lock %s: %s" % (fence.key, what), None, exc)
+                    raise LockLost("lost the leader lock %s: %s" % (fence.key, what), exc)
             conflicts = {}
             for position, what in positions:
                 item = owner[position] if isinstance(position, int) and 0 <= position < len(owner) \
@@ -358,10 +274,6 @@ class EtcdKV(_Backend):
         super().__init__(max_ops)
         self.client = client
 
-    @property
-    def request_count(self):
-        return self.client.request_count
-
     @staticmethod
     def check_listings_complete():
         """etcd has no ACL filtering of ranges: a range the user may not read fails instead."""
@@ -378,11 +290,6 @@ class EtcdKV(_Backend):
 
     def put(self, key, value):
         self.client.put(key, value)
-
-    def revision(self):
-        """The store's current revision (moves on every write): proves a run wrote nothing."""
-        data = self.client.call("kv/range", {"key": b64("\x00"), "count_only": True})
-        return int((data.get("header") or {}).get("revision", 0))
 
     def lock(self, key, ttl, holder):
         return EtcdLock(self, key, ttl, holder)
@@ -427,7 +334,7 @@ class EtcdKV(_Backend):
                 lease = int(kvs[0].get("lease", 0)) if kvs else 0
                 if lease != fence.lease:
                     raise LockLost("lost the leader lock %s (lease %s no longer holds it)"
-                                   % (fence.key, fence.lease), None)
+                                   % (fence.key, fence.lease))
             elif what == "revision":
                 if not kvs:
                     vanished.setdefault(index, set()).add(op)  # already gone: nothing to guard
@@ -517,7 +424,7 @@ class ConsulLock(_Lock):
             if exc.status == 404:
                 self.held = False
                 raise LockLost("lost the leader lock %s: Consul session %s expired"
-                               % (self.key, self.session), None, exc)
+                               % (self.key, self.session), exc)
             raise
 
     def _destroy(self):
@@ -562,11 +469,9 @@ class EtcdLock(_Lock):
         return self
 
     def _renew(self):
-        data = self.backend.client.call("lease/keepalive", {"ID": str(self.lease)})
-        if int((data.get("result") or data).get("TTL", 0) or 0) <= 0:
+        if self.backend.client.lease_keepalive(self.lease) <= 0:
             self.held = False
-            raise LockLost("lost the leader lock %s: etcd lease %s expired" % (self.key, self.lease),
-                           None)
+            raise LockLost("lost the leader lock %s: etcd lease %s expired" % (self.key, self.lease))
 
     def _revoke(self):
         try:
@@ -581,251 +486,3 @@ class EtcdLock(_Lock):
         self._revoke()
         self.held = False
         self.lease = None
-
-
-def decode_label_key(stored, encoded):
-    """A label key as stored (base64url in Consul, raw in etcd) -> readable text."""
-    if not encoded:
-        return stored
-    try:
-        padded = stored + "=" * (-len(stored) % 4)
-        return base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
-    except (ValueError, UnicodeError):
-        return stored
-
-
-# -- the run every GC module shares --------------------------------------------------------
-class GCFailure(Exception):
-    """A read failed or an input is wrong: the run stops before writing anything."""
-
-
-def validate_gc_params(params):
-    """Problems with the options every GC module shares, as one message (or None)."""
-    problems = []
-    prefix = params["gc_state_prefix"] or ""
-    if not prefix.strip("/") or prefix.startswith("/"):
-        problems.append("gc_state_prefix must be a relative key prefix such as netreap/gc/v1")
-    elif prefix.startswith("cilium/"):
-        problems.append("gc_state_prefix must not be under cilium/ (marks would look like Cilium state)")
-    else:
-        problems.append(key_options_problem(params, prefixes=("gc_state_prefix",)))
-    problems.append(key_options_problem(params, keys=("lock_key",)))
-    problems = [p for p in problems if p]
-    ttl = params["lock_ttl"]
-    if params["kvstore"] == "consul" and not 10 <= ttl <= 86400:
-        problems.append("lock_ttl must be between 10 and 86400 seconds for a Consul session, not %s" % ttl)
-    elif ttl < 2:
-        problems.append("lock_ttl must be at least 2 seconds, not %s" % ttl)
-    if params["kvstore_txn_max_ops"] is not None and params["kvstore_txn_max_ops"] < 2:
-        problems.append("kvstore_txn_max_ops must be at least 2")
-    for name in ("min_age", "max_delete", "down_after"):
-        if params.get(name) is not None and params[name] < 0:
-            problems.append("%s must not be negative" % name)
-    percent = params.get("max_delete_percent")
-    if percent is not None and not 0 <= percent <= 100:
-        problems.append("max_delete_percent must be between 0 and 100")
-    return "; ".join(problems) or None
-
-
-def default_lock_key(params):
-    if params["lock_key"]:
-        return params["lock_key"]
-    if params["kvstore"] == "consul":
-        return CONSUL_DEFAULT_LOCK_KEY
-    return "%s/leader" % params["gc_state_prefix"].rstrip("/")
-
-
-def read_prefix(kv, prefix):
-    try:
-        return kv.list(prefix)
-    except ServiceError as exc:
-        raise GCFailure(failure_message("list %s keys under %s" % (kv.name, prefix), exc)
-                        + ". Nothing was changed")
-
-
-_DONE = {"delete": "deleted", "mark": "marked", "unmark": "unmarked"}  # result list = past tense
-
-
-def _merge(total, part):
-    total.done.extend(part.done)
-    total.conflicts.update(part.conflicts)
-    total.unconfirmed.extend(part.unconfirmed)
-    total.partial.extend(part.partial)
-    total.transactions += part.transactions
-
-
-class GCRun:
-    """plan -> (leader lock -> fresh plan under the lock -> fenced, batched commit) -> report.
-
-    ``read_and_plan()`` reads the kvstore (and Nomad) and returns a ``_kvstore_gc.Plan``; it
-    raises GCFailure for a failed read.  Nothing is written in check mode or when the plan is
-    empty, so a converged run makes no write at all (not even the lock).  ``windows(plan)``
-    returns the sizes of consecutive deletion windows spaced ``window_interval`` seconds apart
-    (the identity GC rate limit); default: one window.
-    """
-
-    def __init__(self, module, kv, module_name, lock_key, request_counters=None,
-                 sleep=time.sleep, clock=time.monotonic):
-        self.module = module
-        self.kv = kv
-        self.module_name = module_name
-        self.lock_key = lock_key
-        self.request_counters = dict(request_counters or {})
-        self.request_counters["kvstore"] = lambda: kv.request_count
-        self._sleep = sleep
-        self._clock = clock
-        self.lock = None
-        self.lock_acquired = False
-
-    # -- reporting ------------------------------------------------------------------------
-    def requests(self):
-        return {name: counter() for name, counter in sorted(self.request_counters.items())}
-
-    def report(self, plan, result=None, transactions=0):
-        """Result lists: what was (or, in check mode, would be) done; conflicts join ``kept``."""
-        out = {"deleted": [], "marked": [], "unmarked": [], "kept": list(plan.kept),
-               "not_applied": [], "unconfirmed": []}
-        removed, added = set(), set()
-        for action in plan.actions:
-            tag, kind, item = action["tag"], action["action"], action["item"]
-            if result is None or tag in result.done:
-                out[_DONE[kind]].append(item)
-                if kind == "mark":
-                    added.add(item["mark_key"])
-                else:
-                    removed.add(item["mark_key"])
-                if kind == "delete":
-                    removed.add(item["key"])
-                    removed.update(item.get("purged") or [])
-                continue
-            if tag in result.partial:  # split over transactions: only its first part committed
-                item = dict(item, partially_applied=True)
-            if tag in result.conflicts:
-                out["kept"].append(dict(item, reason="%s; not %s: %s" % (
-                    item["reason"], _DONE[kind], result.conflicts[tag])))
-            elif tag in result.unconfirmed:
-                out["unconfirmed"].append(dict(item, action=kind))
-            else:
-                out["not_applied"].append(dict(item, action=kind))
-        out["counts"] = dict(plan.counts, deleted=len(out["deleted"]), marked=len(out["marked"]),
-                             unmarked=len(out["unmarked"]), kept=len(out["kept"]))
-        out["transactions"] = transactions
-        out["requests"] = self.requests()
-        out["changed"] = bool(out["deleted"] or out["marked"] or out["unmarked"])
-        if self.module._diff:
-            out["diff"] = {"before_header": "kvstore keys", "after_header": "kvstore keys",
-                           "before": "".join("%s\n" % k for k in sorted(removed)),
-                           "after": "".join("%s\n" % k for k in sorted(added))}
-        return out
-
-    def fail(self, msg, plan=None, result=None, transactions=0, **extra):
-        out = self.report(plan, result, transactions) if plan is not None else {
-            "requests": self.requests()}
-        if plan is not None and result is None:
-            # a guard stopped the run before writing: say what would have happened, did nothing
-            self._nothing_done(out)
-        out.update(extra)
-        out["lock"] = self._lock_info()
-        self.module.fail_json(msg=msg, **out)
-
-    @staticmethod
-    def _nothing_done(out):
-        """Turn a would-be report into one of a run that wrote nothing; deletions it would have
-        made become ``candidates``."""
-        out["candidates"] = out["deleted"]
-        out["deleted"], out["marked"], out["unmarked"] = [], [], []
-        out["counts"].update(deleted=0, marked=0, unmarked=0)
-        out["changed"] = False
-        out.pop("diff", None)
-
-    def _lock_info(self):
-        return {"key": self.lock_key, "acquired": self.lock_acquired}
-
-    # -- flow ------------------------------------------------------------------------------
-    def _plan(self, read_and_plan):
-        try:
-            return read_and_plan()
-        except GCFailure as exc:
-            self.fail(str(exc))
-        except KVStoreError as exc:
-            self.fail(str(exc))
-
-    def execute(self, read_and_plan, windows=None, window_interval=0.0):
-        params = self.module.params
-        plan = self._plan(read_and_plan)
-        if plan.refusal:
-            self.fail(plan.refusal, plan)
-        if self.module.check_mode or not plan.actions:
-            out = self.report(plan)
-            out["lock"] = self._lock_info()
-            self.module.exit_json(skipped=False, **out)
-        holder = "%s pid %d (netreap.cilium.%s)" % (
-            socket.gethostname(), os.getpid(), self.module_name)
-        self.lock = self.kv.lock(self.lock_key, params["lock_ttl"], holder)
-        try:
-            self.lock.acquire()
-        except LockHeld as held:
-            self.lock = None
-            msg = "skipped: another reaper holds the lock %s (%s)" % (held.key, held.holder)
-            if params["on_lock_held"] == "fail":
-                self.fail(msg.replace("skipped: ", "", 1), lock_holder=held.holder)
-            out = self.report(plan)
-            self._nothing_done(out)
-            out["lock"] = {"key": held.key, "acquired": False, "holder": held.holder}
-            self.module.exit_json(skipped=True, msg=msg, **out)
-        except ServiceError as exc:
-            self.lock = None
-            self.fail("take the leader lock %s: %s" % (self.lock_key, exc.describe()))
-        self.lock_acquired = True
-        total = CommitResult()
-        try:
-            plan = self._plan(read_and_plan)  # fresh: another reaper may have run meanwhile
-            if plan.refusal:
-                self.fail(plan.refusal, plan)
-            sizes = windows(plan) if windows is not None else []
-            for index, group in enumerate(self._groups(plan, sizes)):
-                if index:
-                    self._wait(window_interval)
-                _merge(total, self.kv.commit(group, fence=self.lock,
-                                             between_batches=self.lock.renew_if_due))
-        except LockLost as exc:
-            if exc.result is not None:
-                _merge(total, exc.result)
-            self.fail("%s; stopped writing. Done before: see deleted/marked/unmarked" % exc, plan,
-                      total, total.transactions)
-        except CommitError as exc:
-            _merge(total, exc.result)
-            self.fail("write to the %s kvstore failed: %s. What was done before the failure is "
-                      "listed in deleted/marked/unmarked; run again to finish"
-                      % (self.kv.name, exc), plan, total, total.transactions)
-        except ServiceError as exc:
-            self.fail("renew the leader lock %s: %s" % (self.lock_key, exc.describe()), plan, total,
-                      total.transactions)
-        finally:
-            if self.lock is not None:
-                self.lock.release()
-        out = self.report(plan, total, total.transactions)
-        out["lock"] = self._lock_info()
-        self.module.exit_json(skipped=False, **out)
-
-    @staticmethod
-    def _groups(plan, sizes):
-        """Marks and unmarks go with the first window; deletions are split over the windows."""
-        deletes = [a["change"] for a in plan.actions if a["action"] == "delete"]
-        others = [a["change"] for a in plan.actions if a["action"] != "delete"]
-        sizes = sizes or [len(deletes)]
-        groups, start = [], 0
-        for size in sizes:
-            groups.append(deletes[start:start + size])
-            start += size
-        groups[0] = groups[0] + others
-        return [g for g in groups if g]
-
-    def _wait(self, interval):
-        deadline = self._clock() + interval
-        while True:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                return
-            self._sleep(min(remaining, max(self.lock.ttl / 3.0, 0.05)))
-            self.lock.renew_if_due()

@@ -20,12 +20,12 @@ import json
 import re
 import time
 
-from ansible_collections.netreap.cilium.plugins.module_utils._consul import go_path_clean
-from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import (
+from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_types import (
     Change,
     absent_prefix,
     decode_label_key,
     delete_if,
+    go_path_clean,
     put,
 )
 

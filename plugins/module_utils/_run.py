@@ -72,12 +72,15 @@ class Run:
         self.module = module
         self.labels = dict(requests or {})
         self.action = "run %s" % getattr(module, "_name", "the module")
+        self.note = None
         self.result = {}  # extra keys for every result, success or failure
         self._sent_before = requests_sent()
 
-    def doing(self, action):
-        """Name the step under way (``<verb> <object> <id>``); a ServiceError quotes it."""
+    def doing(self, action, note=None):
+        """Name the step under way (``<verb> <object> <id>``); a ServiceError quotes it, then
+        ``note`` (what the failure means for the user, e.g. ``Nothing was changed``)."""
         self.action = action
+        self.note = note
 
     def requests(self):
         """Requests sent since the run began: ``{label: count}``."""
@@ -100,7 +103,8 @@ class Run:
         merged["requests"] = self.requests()
         return merged
 
-    def execute(self, read, plan, has_changes, apply, report, diff=None, lock=None, replan=False):
+    def execute(self, read, plan, has_changes, apply, report, diff=None, guard=None, lock=None,
+                replan=False):
         """Run the flow and exit the module (``exit_json``/``fail_json``); never returns.
 
         ``read()`` -> state; ``plan(state)`` -> plan (pure); ``has_changes(plan)`` -> bool;
@@ -108,20 +112,28 @@ class Run:
         ``report(plan, progress)`` -> result keys (``progress`` is None when nothing was applied:
         check mode or nothing to do); ``diff(plan, progress)`` -> the diff dict.  ``report``
         may set ``changed``; by default a run is changed when it has (would have) changes.
+        ``guard(plan)`` runs after every plan, in check mode too, and may raise Stop.
         """
         current, progress = None, None
+
+        def read_and_plan():
+            planned = plan(read())
+            if guard is not None:
+                guard(planned)
+            return planned
+
         try:
-            current = plan(read())
+            current = read_and_plan()
             if not has_changes(current) or self.module.check_mode:
                 self.exit(**self._outcome(current, None, has_changes(current), report, diff))
             progress = {}
-            guard = lock() if lock is not None else None
-            if guard is None:
+            leader = lock() if lock is not None else None
+            if leader is None:
                 apply(current, progress)
             else:
-                with guard:
+                with leader:
                     if replan:
-                        current = plan(read())
+                        current = read_and_plan()
                     apply(current, progress)
             self.exit(**self._outcome(current, progress, bool(progress), report, diff))
         except Stop as stop:
@@ -130,7 +142,8 @@ class Run:
                 self.fail(stop.msg, **out)
             self.exit(msg=stop.msg, **out)
         except ServiceError as exc:
-            self.fail(failure_message(self.action, exc), **self._partial(current, progress, report))
+            msg = failure_message(self.action, exc) + (". %s" % self.note if self.note else "")
+            self.fail(msg, **self._partial(current, progress, report))
 
     def _outcome(self, current, progress, changed, report, diff):
         out = {"changed": changed}

@@ -228,13 +228,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import (
-    GC_ARGUMENT_SPEC,
     KVSTORE_ARGUMENT_SPEC,
-    GCRun,
-    default_lock_key,
     kvstore_from_params,
-    read_prefix,
-    validate_gc_params,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc import (
     IDS_PREFIX,
@@ -244,6 +239,12 @@ from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc import 
     plan_identity_gc,
     rate_windows,
     value_must_match_id,
+)
+from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc_run import (
+    GC_ARGUMENT_SPEC,
+    GCRun,
+    default_lock_key,
+    validate_gc_params,
 )
 
 
@@ -277,26 +278,29 @@ def main():
         kv = kvstore_from_params(params)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
+    gc = GCRun(module, kv, "cilium_identity_gc", default_lock_key(params))
     id_range = identity_range(params["cluster_id"], max_cluster)
+    marks_prefix = identity_marks_prefix(params["gc_state_prefix"])
 
-    def read_and_plan():
-        ids = read_prefix(kv, IDS_PREFIX)
-        values = read_prefix(kv, VALUES_PREFIX)
-        marks = read_prefix(kv, identity_marks_prefix(params["gc_state_prefix"]))
-        plan = plan_identity_gc(ids, values, marks, time.time(), id_range=id_range,
-                                encoded=kv.encodes_keys, min_age=params["min_age"],
-                                max_delete=params["max_delete"],
+    def read():
+        return gc.list(IDS_PREFIX), gc.list(VALUES_PREFIX), gc.list(marks_prefix), time.time()
+
+    def plan(state):
+        ids, values, marks, now = state
+        return plan_identity_gc(ids, values, marks, now, id_range=id_range, encoded=kv.encodes_keys,
+                                min_age=params["min_age"], max_delete=params["max_delete"],
                                 max_delete_percent=params["max_delete_percent"],
                                 state_prefix=params["gc_state_prefix"],
                                 match_id=value_must_match_id(params["cilium_version"]))
-        if plan.of("mark") or plan.of("delete"):
+
+    def check(planned):
+        if planned.of("mark") or planned.of("delete"):
             # an identity looks unused: only if no value key can have been hidden from us
             kv.check_listings_complete()
-        return plan
 
-    GCRun(module, kv, "cilium_identity_gc", default_lock_key(params)).execute(
-        read_and_plan, windows=lambda plan: rate_windows(len(plan.of("delete")), params["rate_limit"]),
-        window_interval=params["rate_interval"])
+    gc.execute(read, plan, check=check,
+               windows=lambda planned: rate_windows(len(planned.of("delete")), params["rate_limit"]),
+               window_interval=params["rate_interval"])
 
 
 if __name__ == "__main__":

@@ -107,12 +107,13 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import (
     KVSTORE_ARGUMENT_SPEC,
+    KVSTORE_REQUESTS,
     kvstore_from_params,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc import HEARTBEAT_KEY
+from ansible_collections.netreap.cilium.plugins.module_utils._run import Run
 
 
 def heartbeat_value(now):
@@ -138,34 +139,49 @@ def heartbeat_age(stored, now):
         return None
 
 
+def plan_heartbeat(previous, now, min_interval):
+    """Write unless ``min_interval`` is set and the stored heartbeat is younger than that."""
+    age = heartbeat_age(previous, now) if min_interval > 0 else None
+    if age is not None and age < min_interval:
+        return {"write": False, "value": previous, "previous": previous}
+    return {"write": True, "value": heartbeat_value(now), "previous": previous}
+
+
 def main():
     argument_spec = dict(min_interval=dict(type="int", default=0))
     argument_spec.update(KVSTORE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if module.params["min_interval"] < 0:
+    min_interval = module.params["min_interval"]
+    if min_interval < 0:
         module.fail_json(msg="min_interval must not be negative")
     try:
         kv = kvstore_from_params(module.params)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
+    run = Run(module, requests=KVSTORE_REQUESTS)
+    run.result["key"] = HEARTBEAT_KEY
     now = time.time()
-    value = heartbeat_value(now)
-    result = {"key": HEARTBEAT_KEY}
-    try:
-        if module.params["min_interval"] > 0:
-            entry = kv.get(HEARTBEAT_KEY)
-            previous = entry.value.decode("utf-8", "replace") if entry is not None else None
-            result["previous"] = previous
-            age = heartbeat_age(previous, now)
-            if age is not None and age < module.params["min_interval"]:
-                module.exit_json(changed=False, value=previous, requests={"kvstore": kv.request_count},
-                                 **result)
-        if not module.check_mode:
-            kv.put(HEARTBEAT_KEY, value)
-    except ServiceError as exc:
-        module.fail_json(msg=failure_message("write %s to the %s kvstore" % (HEARTBEAT_KEY, kv.name), exc),
-                         requests={"kvstore": kv.request_count}, **result)
-    module.exit_json(changed=True, value=value, requests={"kvstore": kv.request_count}, **result)
+
+    def read():
+        if min_interval <= 0:
+            return None  # every run writes: no need to read
+        run.doing("read %s from the %s kvstore" % (HEARTBEAT_KEY, kv.name))
+        entry = kv.get(HEARTBEAT_KEY)
+        return entry.value.decode("utf-8", "replace") if entry is not None else None
+
+    def apply(plan, progress):
+        run.doing("write %s to the %s kvstore" % (HEARTBEAT_KEY, kv.name))
+        kv.put(HEARTBEAT_KEY, plan["value"])
+        progress["written"] = True
+
+    def report(plan, progress):
+        out = {"value": plan["value"]}
+        if min_interval > 0:
+            out["previous"] = plan["previous"]
+        return out
+
+    run.execute(read, lambda previous: plan_heartbeat(previous, now, min_interval),
+                has_changes=lambda plan: plan["write"], apply=apply, report=report)
 
 
 if __name__ == "__main__":

@@ -257,16 +257,10 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.netreap.cilium.plugins.module_utils._consul import key_options_problem
-from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
+from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import (
-    GC_ARGUMENT_SPEC,
     KVSTORE_ARGUMENT_SPEC,
-    GCFailure,
-    GCRun,
-    default_lock_key,
     kvstore_from_params,
-    read_prefix,
-    validate_gc_params,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc import (
     IPCACHE_PREFIX,
@@ -274,6 +268,13 @@ from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc import 
     node_marks_prefix,
     node_prefix,
     plan_node_gc,
+)
+from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc_run import (
+    GC_ARGUMENT_SPEC,
+    NOTHING_CHANGED,
+    GCRun,
+    default_lock_key,
+    validate_gc_params,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._nomad import (
     NOMAD_ARGUMENT_SPEC,
@@ -293,22 +294,19 @@ class NomadView:
         self._down_since = {}
 
     def read(self, kv_names, down_after):
-        try:
-            if self.nodes is None:
-                self.nodes = self.client.nodes()
-            result = []
-            for node in self.nodes:
-                node = dict(node)
-                if down_after is not None and node.get("Status") == "down" and node.get("Name") in kv_names:
-                    if node["ID"] not in self._down_since:
-                        self._down_since[node["ID"]] = self._status_updated_at(node["ID"])
-                    if self._down_since[node["ID"]] is self.GONE:
-                        continue  # purged since the listing: Nomad no longer knows it
-                    node["StatusUpdatedAt"] = self._down_since[node["ID"]]
-                result.append(node)
-            return result
-        except ServiceError as exc:
-            raise GCFailure(failure_message("list Nomad nodes", exc) + ". Nothing was changed")
+        if self.nodes is None:
+            self.nodes = self.client.nodes()
+        result = []
+        for node in self.nodes:
+            node = dict(node)
+            if down_after is not None and node.get("Status") == "down" and node.get("Name") in kv_names:
+                if node["ID"] not in self._down_since:
+                    self._down_since[node["ID"]] = self._status_updated_at(node["ID"])
+                if self._down_since[node["ID"]] is self.GONE:
+                    continue  # purged since the listing: Nomad no longer knows it
+                node["StatusUpdatedAt"] = self._down_since[node["ID"]]
+            result.append(node)
+        return result
 
     def _status_updated_at(self, node_id):
         try:
@@ -345,31 +343,33 @@ def main():
         nomad = NomadClient.from_params(params)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
+    gc = GCRun(module, kv, "cilium_node_gc", default_lock_key(params), requests={"nomad": ("nomad",)})
     nomad_view = NomadView(nomad)
     # Consul never expires an agent's keys (docs/upstream.md#cilium-consul-keys-never-expire): purge
     # by default there; etcd removes them with the agent's lease.
     purge_state = params["purge_node_state"]
     if purge_state is None:
         purge_state = params["kvstore"] == "consul"
+    options = dict(cluster_name=cluster, min_age=params["min_age"], down_after=params["down_after"],
+                   max_delete=params["max_delete"], max_delete_percent=params["max_delete_percent"],
+                   state_prefix=params["gc_state_prefix"])
 
-    def read_and_plan():
-        kv_nodes = read_prefix(kv, node_prefix(cluster))
-        names = {e.key[len(node_prefix(cluster)):] for e in kv_nodes}
-        nomad_nodes = nomad_view.read(names, params["down_after"])
-        marks = read_prefix(kv, node_marks_prefix(params["gc_state_prefix"], cluster))
-        options = dict(cluster_name=cluster, min_age=params["min_age"],
-                       down_after=params["down_after"], max_delete=params["max_delete"],
-                       max_delete_percent=params["max_delete_percent"],
-                       state_prefix=params["gc_state_prefix"])
-        now = time.time()
-        plan = plan_node_gc(kv_nodes, nomad_nodes, marks, now, **options)
-        if purge_state and plan.of("delete") and not plan.refusal:
-            purge = {"ipcache": read_prefix(kv, IPCACHE_PREFIX), "values": read_prefix(kv, VALUES_PREFIX)}
-            plan = plan_node_gc(kv_nodes, nomad_nodes, marks, now, purge=purge, **options)
-        return plan
+    def read():
+        kv_nodes = gc.list(node_prefix(cluster))
+        gc.run.doing("list Nomad nodes", note=NOTHING_CHANGED)
+        nomad_nodes = nomad_view.read({e.key[len(node_prefix(cluster)):] for e in kv_nodes}, params["down_after"])
+        marks = gc.list(node_marks_prefix(params["gc_state_prefix"], cluster))
+        state = dict(kv_nodes=kv_nodes, nomad_nodes=nomad_nodes, marks=marks, now=time.time())
+        draft = plan(state)
+        if purge_state and draft.of("delete") and not draft.refusal:  # what else the deleted agents left
+            state["purge"] = {"ipcache": gc.list(IPCACHE_PREFIX), "values": gc.list(VALUES_PREFIX)}
+        return state
 
-    GCRun(module, kv, "cilium_node_gc", default_lock_key(params),
-          {"nomad": lambda: nomad.http.request_count}).execute(read_and_plan)
+    def plan(state):
+        return plan_node_gc(state["kv_nodes"], state["nomad_nodes"], state["marks"], state["now"],
+                            purge=state.get("purge"), **options)
+
+    gc.execute(read, plan)
 
 
 if __name__ == "__main__":

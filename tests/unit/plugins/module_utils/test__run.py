@@ -177,3 +177,27 @@ def test_requests_are_counted_per_label_from_the_run_start(server):
         run.execute(read, plan=lambda s: [], has_changes=bool, apply=None,
                     report=lambda p, g: {})
     assert exited.value.result["requests"] == {"kvstore": 2, "nomad": 1}
+
+
+def test_guard_stops_in_check_mode_and_under_the_lock_before_any_write():
+    """A guard runs after every plan: in check mode, and again on the plan made under the lock."""
+    def run_guarded(check_mode, data, holder_writes):
+        store = Store(data)
+        lock = Lock(store, holder_writes=holder_writes)
+
+        def guard(keys):
+            if len(keys) > 1:
+                raise Stop("refusing to reset %d keys" % len(keys), candidates=keys)
+
+        with pytest.raises(Exited) as exited:
+            Run(FakeModule(check_mode=check_mode)).execute(
+                lambda: dict(store.data), plan=lambda state: sorted(k for k, v in state.items() if v == "stale"),
+                has_changes=bool, apply=lambda keys, progress: [store.put(k, "ok") for k in keys],
+                report=lambda keys, progress: {}, guard=guard, lock=lambda: lock, replan=True)
+        return exited.value, store
+
+    refused, store = run_guarded(True, {"a": "stale", "b": "stale"}, {})
+    assert refused.failed and refused.result["msg"] == "refusing to reset 2 keys" and store.writes == []
+    # one stale key when planned; two more went stale before the lock was held
+    refused, store = run_guarded(False, {"a": "stale", "b": "ok", "c": "ok"}, {"b": "stale", "c": "stale"})
+    assert refused.failed and refused.result["candidates"] == ["a", "b", "c"] and store.writes == []

@@ -9,16 +9,17 @@ import pytest
 from ansible_collections.netreap.cilium.plugins.module_utils import _kvstore as kvs
 from ansible_collections.netreap.cilium.plugins.module_utils._consul import (
     ConsulTxnError,
-    go_path_clean,
     key_option_problem,
 )
-from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import (
+from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import ConsulKV, LockLost
+from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_types import (
     Change,
-    ConsulKV,
+    CommitResult,
     KVEntry,
-    LockLost,
+    absent_prefix,
     delete,
     delete_if,
+    go_path_clean,
     put,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc import (
@@ -285,7 +286,7 @@ def test_identity_sweep_requires_same_revision_and_checks_no_use_appeared(encode
     (action,) = plan.of("delete")
     stored = enc("netreap:nomad.job_id=old;") if encoded else "netreap:nomad.job_id=old;"
     assert action["item"]["id"] == 300
-    assert action["change"].ops == [kvs.absent_prefix(VALUES_PREFIX + stored + "/"),
+    assert action["change"].ops == [absent_prefix(VALUES_PREFIX + stored + "/"),
                                     delete_if(ID_MARKS + "300", 40), delete_if(IDS_PREFIX + "300", 12)]
     (remark,) = plan.of("mark")
     assert remark["item"]["id"] == 301 and "marking again" in remark["item"]["reason"]
@@ -398,10 +399,11 @@ def test_consul_commit_drops_conflicting_change_and_retries_the_rest():
 
 def test_consul_commit_stops_when_the_lock_is_lost():
     backend = ConsulKV(FakeConsul(lose_lock=True))
+    result = CommitResult()
     with pytest.raises(LockLost) as caught:
-        backend.commit([Change("one", [delete_if("n1", 2)])], fence=FakeFence())
+        backend.commit([Change("one", [delete_if("n1", 2)])], fence=FakeFence(), result=result)
     assert "lost the leader lock lock" in str(caught.value)
-    assert caught.value.result.done == []
+    assert result.done == []
 
 
 def test_change_larger_than_a_transaction_commits_its_node_key_last():
@@ -445,7 +447,7 @@ def test_identity_with_slashes_in_a_label_is_used_by_its_cleaned_value_keys():
     # once the last user is gone it is collected, and the etcd guard checks the cleaned prefix
     plan = plan_identity_gc(ids, [], marks, NOW, min_age=0)
     (action,) = plan.of("delete")
-    assert action["change"].ops[0] == kvs.absent_prefix(cleaned + "/")
+    assert action["change"].ops[0] == absent_prefix(cleaned + "/")
 
 
 def test_identity_whose_label_key_leaves_the_value_prefix_is_left_alone():
