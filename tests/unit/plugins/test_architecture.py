@@ -33,7 +33,7 @@ HTTP_LAYER = {"_http"}
 VALUE_TYPES = {"_kvstore_types"}
 CLIENTS = {"_consul", "_etcd", "_nomad", "_cilium"}
 ADAPTERS = {"_kvstore"}  # one interface over the Consul and etcd clients
-RUNS = {"_run", "_kvstore_gc_run"}
+RUNS = {"_run", "_kvstore_gc_run", "_endpoint_apply"}
 PLANNERS = {"_kvstore_gc", "_endpoint_plan"}
 # Every _policy* file is a pure planner step (decode, validate, render, plan), except those
 # that talk to the agent or read the disk: these are the policy run.
