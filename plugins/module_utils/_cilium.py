@@ -36,6 +36,9 @@ def cilium_settings(params, env=None):
     return dict(socket_path=socket_path, timeout=params.get("cilium_timeout") or DEFAULT_TIMEOUT)
 
 
+# With a deadline the count is not what limits 429 retries; keep it out of the way.
+RETRIES_WITHIN_DEADLINE = 1000
+
 class CiliumClient:
     """The agent's /v1 API.  The agent ignores the Host header, but Go's server rejects one with
     a '/', so we send ``Host: localhost`` like the fixed Go client (CVE-2023-29406)."""
@@ -60,6 +63,11 @@ class CiliumClient:
 
     def config(self):
         return self._json("GET", "/config")
+
+    def retry_within(self, seconds):
+        """From now on, retry a 429 for as long as ``seconds`` last (the count does not limit it)."""
+        self.http.deadline = max(seconds, 0.0)
+        self.http.retries = RETRIES_WITHIN_DEADLINE
 
     # -- endpoints ------------------------------------------------------------------------
     def endpoints(self):

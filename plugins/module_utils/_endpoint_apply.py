@@ -11,9 +11,6 @@ import time
 
 from ansible_collections.netreap.cilium.plugins.module_utils._http import ServiceError, failure_message
 
-# With a deadline the count is not what limits 429 retries; keep it out of the way.
-RETRIES_WITHIN_DEADLINE = 1000
-
 
 def lookup_allocations(nomad, alloc_ids):
     """Confirm allocations missing from the node's list: ``{id: ("found"|"gone"|"error", ...)}``.
@@ -47,8 +44,7 @@ class Applier:
 
     def _arm(self):
         """Every change is tried at least once; retries only while the run's deadline lasts."""
-        self.cilium.http.deadline = max(self.deadline_at - self.clock(), 0.0)
-        self.cilium.http.retries = RETRIES_WITHIN_DEADLINE
+        self.cilium.retry_within(self.deadline_at - self.clock())
 
     def _fail(self, item, action, msg):
         self.errors.append({"id": item["id"], "allocation": item.get("allocation"), "action": action, "msg": msg})
