@@ -57,7 +57,6 @@ class ConsulTxnError(ServiceError):
             self.method, self.url, whats or self.body)
 
 
-
 def key_option_problem(option, value, kind="key"):
     """Why the option ``option`` cannot name a kvstore key, or None.
 

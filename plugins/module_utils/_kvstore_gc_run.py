@@ -113,8 +113,11 @@ def gc_report(plan, result=None):
 def nothing_done(out):
     """A would-be report turned into one of a run that wrote nothing; the deletions it would
     have made become ``candidates``."""
-    out = dict(out, candidates=out["deleted"], deleted=[], marked=[], unmarked=[], changed=False)
-    out["counts"] = dict(out["counts"], deleted=0, marked=0, unmarked=0)
+    out = dict(out)
+    out["candidates"] = out["deleted"]
+    out["deleted"], out["marked"], out["unmarked"], out["changed"] = [], [], [], False
+    out["counts"] = dict(out["counts"])
+    out["counts"].update(deleted=0, marked=0, unmarked=0)
     return out
 
 

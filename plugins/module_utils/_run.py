@@ -36,9 +36,12 @@ Usage (a module's ``main``)::
                 report=lambda plan, progress: {"value": plan["value"]},
                 diff=lambda plan, progress: {"before": plan["previous"], "after": plan["value"]})
 
-``lock`` (optional) returns a context manager taken around ``apply``; with ``replan=True`` the
-run reads and plans again once the lock is held, so what it writes is decided from a read made
-under the lock.
+``guard(plan)`` (optional) runs after every plan, in check mode too, and raises ``Stop`` to refuse
+(e.g. "refusing to delete 500 keys: more than max_delete"); ``lock`` (optional) returns a context
+manager taken around ``apply``; with ``replan=True`` the run reads, plans and guards again once
+the lock is held, so what it writes is decided from a read made under the lock.  Results of
+every exit carry ``run.result`` (e.g. the lock's key), then ``requests``.  The kvstore GC run
+(``_kvstore_gc_run.GCRun``) is the fullest example.
 """
 
 from __future__ import annotations
