@@ -1,9 +1,14 @@
 """The option tables resolve outside AnsibleModule (inventory and event source plugins) exactly as the
 modules resolve them, and produce the modules' argument spec."""
 
+import os
+import re
+
 import pytest
 
+import ansible_collections.netreap.cilium as collection_package
 from ansible_collections.netreap.cilium.plugins.module_utils._options import (
+    CILIUM,
     CONSUL,
     ETCD,
     NOMAD,
@@ -82,3 +87,28 @@ def test_parse_bool_follows_go(text, value):
 def test_parse_bool_refuses_yes():
     with pytest.raises(ValueError, match="not a boolean"):
         parse_bool("yes")
+
+
+README_ROWS = {"Consul": CONSUL, "Nomad": NOMAD, "Cilium agent": CILIUM, "etcd": ETCD}
+
+
+def readme_rows():
+    with open(os.path.join(list(collection_package.__path__)[0], "README.md")) as handle:
+        lines = handle.read().splitlines()
+    rows = {}
+    for line in lines:
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in README_ROWS:
+            rows[cells[0]] = (re.findall(r"`([a-z]+_[a-z_]+)`", cells[1]), re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[2]))
+    return rows
+
+
+@pytest.mark.parametrize("row", sorted(README_ROWS))
+def test_readme_connection_table_agrees_with_the_table(row):
+    service = README_ROWS[row]
+    options, variables = readme_rows()[row]
+    assert options == service.names
+    expected = []
+    for option in service:
+        expected += [name for name in option.env_names if name not in expected]
+    assert sorted(variables) == sorted(expected)
