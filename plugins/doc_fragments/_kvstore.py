@@ -60,8 +60,8 @@ options:
     description:
       - Operations per transaction. Deletions and marks are batched into transactions of at most this many
         operations (one of them the lock check).
-      - Defaults to the server's limit, 128 (Consul 1.14 and later, and etcd's default C(--max-txn-ops)); Consul
-        before 1.14 allows 64, which is detected when the token may read C(/v1/agent/self).
-        Lower it if your etcd runs with a smaller C(--max-txn-ops).
+      - "Defaults to the server's limit. etcd: 128, its default C(--max-txn-ops); lower this if your etcd runs
+        with a smaller one. Consul: 128 when C(/v1/agent/self) shows Consul 1.14 or later (the token needs
+        C(agent:read)), else 64, the limit of Consul before 1.14."
     type: int
 """

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: netreap.cilium contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Internal to netreap.cilium: Nomad connection options shared by every module that talks to Nomad."""
+"""Internal to netreap.cilium: Nomad connection options shared by every module and plugin that talks to Nomad."""
 
 from __future__ import annotations
 
@@ -57,4 +57,38 @@ options:
     description:
       - Seconds to wait for each Nomad request. Defaults to 10.
     type: float
+"""
+
+    # Plugins (inventory, event sources) read the same options; Ansible applies these variables
+    # before the plugin resolves the options like a module does. NOMAD_SKIP_VERIFY is not listed:
+    # it inverts nomad_validate_certs, so the resolution reads it (see the description).
+    PLUGINS = r"""
+options:
+  nomad_address:
+    env:
+      - name: NOMAD_ADDR
+  nomad_token:
+    env:
+      - name: NOMAD_TOKEN
+  nomad_region:
+    env:
+      - name: NOMAD_REGION
+  nomad_namespace:
+    env:
+      - name: NOMAD_NAMESPACE
+  nomad_ca_cert:
+    env:
+      - name: NOMAD_CACERT
+  nomad_ca_path:
+    env:
+      - name: NOMAD_CAPATH
+  nomad_client_cert:
+    env:
+      - name: NOMAD_CLIENT_CERT
+  nomad_client_key:
+    env:
+      - name: NOMAD_CLIENT_KEY
+  nomad_tls_server_name:
+    env:
+      - name: NOMAD_TLS_SERVER_NAME
 """

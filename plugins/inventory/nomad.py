@@ -32,6 +32,8 @@ description:
 author:
   - netreap.cilium maintainers (@netreap)
 extends_documentation_fragment:
+  - netreap.cilium._nomad
+  - netreap.cilium._nomad.plugins
   - constructed
   - inventory_cache
 options:
@@ -40,59 +42,6 @@ options:
     required: true
     type: str
     choices: [netreap.cilium.nomad]
-  nomad_address:
-    description:
-      - Address of the Nomad HTTP API (a server, or any client agent, which forwards the request), for
-        example C(https://nomad.service.consul:4646) or C(unix:///path/to/api.sock).
-      - Defaults to C(http://127.0.0.1:4646).
-    type: str
-    env:
-      - name: NOMAD_ADDR
-  nomad_token:
-    description:
-      - ACL token (secret ID) with C(node:read), sent as the C(X-Nomad-Token) header.
-      - May be a template, for example a lookup of a secret store.
-    type: str
-    env:
-      - name: NOMAD_TOKEN
-  nomad_region:
-    description: Region to list the nodes of. Defaults to the region of the agent answering.
-    type: str
-    env:
-      - name: NOMAD_REGION
-  nomad_validate_certs:
-    description:
-      - Verify the server's TLS certificate. Verification is on unless this is V(false).
-      - If not set, E(NOMAD_SKIP_VERIFY) is used (a true value disables verification).
-    type: bool
-  nomad_ca_cert:
-    description: CA certificate (PEM) that verifies the Nomad server.
-    type: path
-    env:
-      - name: NOMAD_CACERT
-  nomad_ca_path:
-    description: Directory of CA certificates.
-    type: path
-    env:
-      - name: NOMAD_CAPATH
-  nomad_client_cert:
-    description: Client certificate (PEM) for mutual TLS.
-    type: path
-    env:
-      - name: NOMAD_CLIENT_CERT
-  nomad_client_key:
-    description: Private key of O(nomad_client_cert).
-    type: path
-    env:
-      - name: NOMAD_CLIENT_KEY
-  nomad_tls_server_name:
-    description: Name to use for SNI and certificate verification (Nomad certificates usually name C(server.<region>.nomad)).
-    type: str
-    env:
-      - name: NOMAD_TLS_SERVER_NAME
-  nomad_timeout:
-    description: Seconds to wait for each Nomad request. Defaults to 10.
-    type: float
   cilium_only:
     description:
       - List only nodes with the C(cilium-cni) fingerprint (C(attr.plugins.cni.version.cilium-cni)).
@@ -142,6 +91,8 @@ options:
     default: cilium_nodes
 notes:
   - Options set in the inventory file win over the environment variables.
+  - O(nomad_address) may name a server or any client agent (which forwards the request). The token needs
+    C(node:read); O(nomad_token) may be a template, for example a lookup of a secret store.
   - Several nodes can carry one name (a node re-registered with a new ID after its data directory was wiped);
     the plugin keeps the one in the best status (C(ready) first), then the newest, and warns.
   - With O(cache=true) the node list is kept in the cache plugin and read from Nomad again only when the cache
@@ -197,15 +148,14 @@ from ansible_collections.netreap.cilium.plugins.module_utils._nomad import (
     NomadClient,
     nomad_settings,
 )
+from ansible_collections.netreap.cilium.plugins.module_utils._options import NOMAD
 
 CILIUM_CNI_ATTRIBUTE = "plugins.cni.version.cilium-cni"
 CILIUM_FILTER = 'Attributes["%s"] is not empty' % CILIUM_CNI_ATTRIBUTE
 # Best first, when several nodes carry one name.
 STATUS_RANK = {"ready": 0, "initializing": 1, "disconnected": 2, "down": 3}
 CACHE_FORMAT = 1
-CONNECTION_OPTIONS = ("nomad_address", "nomad_token", "nomad_region", "nomad_validate_certs",
-                      "nomad_ca_cert", "nomad_ca_path", "nomad_client_cert", "nomad_client_key",
-                      "nomad_tls_server_name", "nomad_timeout")
+CONNECTION_OPTIONS = tuple(NOMAD.names)
 
 
 def bexpr_string(value):

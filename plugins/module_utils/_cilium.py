@@ -16,24 +16,22 @@ import re
 from ansible_collections.netreap.cilium.plugins.module_utils._http import (
     HttpClient,
     ServiceError,
-    pick,
 )
+from ansible_collections.netreap.cilium.plugins.module_utils._options import CILIUM, resolve
 
-DEFAULT_SOCKET = "/var/run/cilium/cilium.sock"
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_SOCKET = CILIUM.option("cilium_socket").default
+DEFAULT_TIMEOUT = CILIUM.option("cilium_timeout").default
 
-CILIUM_ARGUMENT_SPEC = dict(
-    cilium_socket=dict(type="path"),
-    cilium_timeout=dict(type="float"),
-)
+CILIUM_ARGUMENT_SPEC = CILIUM.argument_spec()
 
 
 def cilium_settings(params, env=None):
-    env = os.environ if env is None else env
-    socket_path = pick(params, "cilium_socket", env, "CILIUM_SOCK", DEFAULT_SOCKET)
+    """The client's settings from the options of ``CILIUM`` (see ``_options.resolve``)."""
+    values = resolve(CILIUM, params, os.environ if env is None else env)
+    socket_path = values["cilium_socket"]
     if socket_path.startswith("unix://"):
         socket_path = socket_path[len("unix://"):]
-    return dict(socket_path=socket_path, timeout=params.get("cilium_timeout") or DEFAULT_TIMEOUT)
+    return dict(socket_path=socket_path, timeout=values["cilium_timeout"])
 
 
 # With a deadline the count is not what limits 429 retries; keep it out of the way.

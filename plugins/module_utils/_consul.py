@@ -14,13 +14,11 @@ from ansible_collections.netreap.cilium.plugins.module_utils._http import (
     HttpClient,
     ServiceError,
     parse_address,
-    parse_bool,
-    pick,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_types import go_path_clean
+from ansible_collections.netreap.cilium.plugins.module_utils._options import CONSUL, resolve
 
-DEFAULT_ADDRESS = "127.0.0.1:8500"
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = CONSUL.option("consul_timeout").default
 # Consul rejects a transaction with more operations than this (413): 64 up to 1.13, 128 since 1.14.
 TXN_MAX_OPS_LEGACY = 64
 TXN_MAX_OPS = 128
@@ -28,20 +26,7 @@ TXN_MAX_OPS = 128
 FILTERED_HEADER_SINCE = (1, 11)
 GLOBAL_MANAGEMENT_POLICY_ID = "00000000-0000-0000-0000-000000000001"
 
-CONSUL_ARGUMENT_SPEC = dict(
-    consul_address=dict(type="str"),
-    consul_token=dict(type="str", no_log=True),
-    consul_token_file=dict(type="path"),
-    consul_use_ssl=dict(type="bool"),
-    consul_validate_certs=dict(type="bool"),
-    consul_ca_cert=dict(type="path"),
-    consul_ca_path=dict(type="path"),
-    consul_client_cert=dict(type="path"),
-    consul_client_key=dict(type="path", no_log=False),
-    consul_tls_server_name=dict(type="str"),
-    consul_datacenter=dict(type="str"),
-    consul_timeout=dict(type="float"),
-)
+CONSUL_ARGUMENT_SPEC = CONSUL.argument_spec()
 
 
 class ConsulTxnError(ServiceError):
@@ -106,48 +91,27 @@ def fail_on_key_options(module, keys=(), prefixes=(), names=()):
         module.fail_json(msg=problem)
 
 
-def _read_token_file(path):
-    try:
-        with open(path, "r") as handle:
-            return handle.read().strip()
-    except (IOError, OSError) as exc:
-        raise ValueError("cannot read Consul token file %s: %s" % (path, exc))
-
-
 def consul_settings(params, env=None):
-    """Resolve connection settings: task option, else CONSUL_* variable, else default.
-
-    Token precedence follows the Consul CLI: option ``consul_token``, option
-    ``consul_token_file``, then E(CONSUL_HTTP_TOKEN_FILE) (which wins over) E(CONSUL_HTTP_TOKEN).
-    """
-    env = os.environ if env is None else env
-    address = pick(params, "consul_address", env, "CONSUL_HTTP_ADDR", DEFAULT_ADDRESS)
-    use_ssl = pick(params, "consul_use_ssl", env, "CONSUL_HTTP_SSL", None, parse_bool)
-    token = params.get("consul_token")
-    if token is None and params.get("consul_token_file"):
-        token = _read_token_file(params["consul_token_file"])
-    if token is None and env.get("CONSUL_HTTP_TOKEN_FILE"):
-        token = _read_token_file(env["CONSUL_HTTP_TOKEN_FILE"])
-    if token is None:
-        token = env.get("CONSUL_HTTP_TOKEN") or None
-    base_url, unix_socket = parse_address(address, 8500, "https" if use_ssl else "http")
+    """The client's settings from the options of ``CONSUL`` (see ``_options.resolve``; the token
+    precedence follows the Consul CLI: option, token file, E(CONSUL_HTTP_TOKEN))."""
+    values = resolve(CONSUL, params, os.environ if env is None else env)
+    use_ssl = values["consul_use_ssl"]
+    base_url, unix_socket = parse_address(values["consul_address"], 8500, "https" if use_ssl else "http")
     if use_ssl and base_url.startswith("http://") and unix_socket is None:
         base_url = "https://" + base_url[len("http://"):]
     return dict(
         base_url=base_url,
         unix_socket=unix_socket,
-        token=token,
-        validate_certs=pick(params, "consul_validate_certs", env, "CONSUL_HTTP_SSL_VERIFY", True,
-                            parse_bool),
-        ca_file=pick(params, "consul_ca_cert", env, "CONSUL_CACERT"),
-        ca_path=pick(params, "consul_ca_path", env, "CONSUL_CAPATH"),
-        client_cert=pick(params, "consul_client_cert", env, "CONSUL_CLIENT_CERT"),
-        client_key=pick(params, "consul_client_key", env, "CONSUL_CLIENT_KEY"),
+        token=values["consul_token"] or None,
+        validate_certs=values["consul_validate_certs"],
+        ca_file=values["consul_ca_cert"],
+        ca_path=values["consul_ca_path"],
+        client_cert=values["consul_client_cert"],
+        client_key=values["consul_client_key"],
         # The CLI strips a port from the server name.
-        tls_server_name=_strip_port(pick(params, "consul_tls_server_name", env,
-                                         "CONSUL_TLS_SERVER_NAME")),
-        datacenter=params.get("consul_datacenter"),
-        timeout=params.get("consul_timeout") or DEFAULT_TIMEOUT,
+        tls_server_name=_strip_port(values["consul_tls_server_name"]),
+        datacenter=values["consul_datacenter"],
+        timeout=values["consul_timeout"],
     )
 
 

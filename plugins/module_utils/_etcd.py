@@ -17,27 +17,14 @@ from ansible_collections.netreap.cilium.plugins.module_utils._http import (
     HttpClient,
     ServiceError,
     parse_address,
-    parse_bool,
-    pick,
 )
+from ansible_collections.netreap.cilium.plugins.module_utils._options import ETCD, resolve
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = ETCD.option("etcd_timeout").default
 # etcd's default --max-txn-ops.
 TXN_MAX_OPS = 128
 
-ETCD_ARGUMENT_SPEC = dict(
-    etcd_endpoints=dict(type="list", elements="str"),
-    etcd_config=dict(type="path"),
-    etcd_ca_cert=dict(type="path"),
-    etcd_client_cert=dict(type="path"),
-    etcd_client_key=dict(type="path", no_log=False),
-    etcd_username=dict(type="str"),
-    etcd_password=dict(type="str", no_log=True),
-    etcd_validate_certs=dict(type="bool"),
-    etcd_tls_server_name=dict(type="str"),
-    etcd_timeout=dict(type="float"),
-)
+ETCD_ARGUMENT_SPEC = ETCD.argument_spec()
 
 _CONFIG_KEYS = {"endpoints", "trusted-ca-file", "cert-file", "key-file", "username", "password",
                 "insecure-skip-tls-verify", "insecure-transport", "dial-timeout"}
@@ -93,8 +80,8 @@ def parse_etcd_config(text):
 
 
 def etcd_settings(params, env=None):
-    """Resolve settings: task options, then the etcd.config file, then ETCDCTL_* variables."""
-    env = os.environ if env is None else env
+    """The client's settings from the options of ``ETCD``: task options, then the etcd.config
+    file the agent uses, then ETCDCTL_* variables (see ``_options.resolve``)."""
     file_conf = {}
     config_path = params.get("etcd_config")
     if config_path:
@@ -103,41 +90,22 @@ def etcd_settings(params, env=None):
                 file_conf = parse_etcd_config(handle.read())
         except (IOError, OSError) as exc:
             raise ValueError("cannot read etcd config %s: %s" % (config_path, exc))
-
-    def from_file(option, file_key, env_name, default=None, convert=None):
-        value = params.get(option)
-        if value is None and file_key in file_conf:
-            value = file_conf[file_key]
-            return convert(value) if convert else value
-        if value is not None:
-            return value
-        return pick({}, option, env, env_name, default, convert)
-
-    endpoints = params.get("etcd_endpoints") or file_conf.get("endpoints")
-    if not endpoints and env.get("ETCDCTL_ENDPOINTS"):
-        endpoints = [e for e in env["ETCDCTL_ENDPOINTS"].split(",") if e.strip()]
-    endpoints = endpoints or [DEFAULT_ENDPOINT]
-    user = from_file("etcd_username", "username", None)
-    password = from_file("etcd_password", "password", None)
-    if user is None and env.get("ETCDCTL_USER"):
-        user, env_password = (env["ETCDCTL_USER"].split(":", 1) + [""])[:2]
-        password = password or env_password or env.get("ETCDCTL_PASSWORD")
-    validate = params.get("etcd_validate_certs")
-    if validate is None and "insecure-skip-tls-verify" in file_conf:
-        validate = not parse_bool(file_conf["insecure-skip-tls-verify"])
-    if validate is None:
-        validate = pick({}, "x", env, "ETCDCTL_INSECURE_SKIP_TLS_VERIFY", True,
-                        lambda v: not parse_bool(v))
+    sources = {}
+    values = resolve(ETCD, params, os.environ if env is None else env, config=file_conf, sources=sources)
+    password = values["etcd_password"]
+    # The password part of ETCDCTL_USER belongs to that user only.
+    if sources["etcd_password"] == "env:ETCDCTL_USER" and sources["etcd_username"] != "env:ETCDCTL_USER":
+        password = None
     return dict(
-        endpoints=[e.strip() for e in endpoints],
-        ca_file=from_file("etcd_ca_cert", "trusted-ca-file", "ETCDCTL_CACERT"),
-        client_cert=from_file("etcd_client_cert", "cert-file", "ETCDCTL_CERT"),
-        client_key=from_file("etcd_client_key", "key-file", "ETCDCTL_KEY"),
-        username=user,
+        endpoints=values["etcd_endpoints"],
+        ca_file=values["etcd_ca_cert"],
+        client_cert=values["etcd_client_cert"],
+        client_key=values["etcd_client_key"],
+        username=values["etcd_username"],
         password=password,
-        validate_certs=validate,
-        tls_server_name=params.get("etcd_tls_server_name"),
-        timeout=params.get("etcd_timeout") or DEFAULT_TIMEOUT,
+        validate_certs=values["etcd_validate_certs"],
+        tls_server_name=values["etcd_tls_server_name"],
+        timeout=values["etcd_timeout"],
     )
 
 

@@ -350,35 +350,3 @@ class HttpClient:
         except (ValueError, UnicodeError) as exc:
             raise ServiceError(self.service, method, self.url_for(path, query), status=resp.status,
                                body=resp.text()[:BODY_EXCERPT], kind="decode", reason=to_text(exc))
-
-
-def parse_bool(value):
-    """Go's strconv.ParseBool, which the HashiCorp CLIs use for their environment variables."""
-    if isinstance(value, bool):
-        return value
-    text = to_text(value).strip()
-    if text in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if text in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise ValueError("%r is not a boolean (use true/false, 1/0)" % value)
-
-
-def pick(params, name, env, env_name, default=None, convert=None):
-    """Explicit option first, then the environment variable, then the default.
-
-    An option given in the task always wins over the environment (py-consul does the opposite
-    for its token; we don't).
-    """
-    value = params.get(name)
-    if value is not None:
-        return value
-    raw = env.get(env_name) if env_name else None
-    if raw is not None and raw != "":
-        if convert is None:
-            return raw
-        try:
-            return convert(raw)
-        except ValueError as exc:
-            raise ValueError("environment variable %s: %s" % (env_name, to_text(exc)))
-    return default

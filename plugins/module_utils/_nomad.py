@@ -11,27 +11,13 @@ from ansible_collections.netreap.cilium.plugins.module_utils._http import (
     HttpClient,
     ServiceError,
     parse_address,
-    parse_bool,
-    pick,
 )
+from ansible_collections.netreap.cilium.plugins.module_utils._options import NOMAD, resolve
 
-DEFAULT_ADDRESS = "http://127.0.0.1:4646"
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = NOMAD.option("nomad_timeout").default
 PAGE_SIZE = 1000
 
-NOMAD_ARGUMENT_SPEC = dict(
-    nomad_address=dict(type="str"),
-    nomad_token=dict(type="str", no_log=True),
-    nomad_region=dict(type="str"),
-    nomad_namespace=dict(type="str"),
-    nomad_validate_certs=dict(type="bool"),
-    nomad_ca_cert=dict(type="path"),
-    nomad_ca_path=dict(type="path"),
-    nomad_client_cert=dict(type="path"),
-    nomad_client_key=dict(type="path", no_log=False),
-    nomad_tls_server_name=dict(type="str"),
-    nomad_timeout=dict(type="float"),
-)
+NOMAD_ARGUMENT_SPEC = NOMAD.argument_spec()
 
 
 def acl_permission_for(path):
@@ -45,30 +31,23 @@ def acl_permission_for(path):
     return None
 
 
-def _skip_verify_to_validate(value):
-    return not parse_bool(value)
-
-
 def nomad_settings(params, env=None):
-    """Resolve connection settings: task option, else NOMAD_* variable, else default."""
-    env = os.environ if env is None else env
-    address = pick(params, "nomad_address", env, "NOMAD_ADDR", DEFAULT_ADDRESS)
-    base_url, unix_socket = parse_address(address, 4646)
+    """The client's settings from the options of ``NOMAD`` (see ``_options.resolve``)."""
+    values = resolve(NOMAD, params, os.environ if env is None else env)
+    base_url, unix_socket = parse_address(values["nomad_address"], 4646)
     return dict(
         base_url=base_url,
         unix_socket=unix_socket,
-        token=pick(params, "nomad_token", env, "NOMAD_TOKEN"),
-        region=pick(params, "nomad_region", env, "NOMAD_REGION"),
-        namespace=pick(params, "nomad_namespace", env, "NOMAD_NAMESPACE"),
-        # NOMAD_SKIP_VERIFY=true means "do not verify": the inverse of our option.
-        validate_certs=pick(params, "nomad_validate_certs", env, "NOMAD_SKIP_VERIFY", True,
-                            _skip_verify_to_validate),
-        ca_file=pick(params, "nomad_ca_cert", env, "NOMAD_CACERT"),
-        ca_path=pick(params, "nomad_ca_path", env, "NOMAD_CAPATH"),
-        client_cert=pick(params, "nomad_client_cert", env, "NOMAD_CLIENT_CERT"),
-        client_key=pick(params, "nomad_client_key", env, "NOMAD_CLIENT_KEY"),
-        tls_server_name=pick(params, "nomad_tls_server_name", env, "NOMAD_TLS_SERVER_NAME"),
-        timeout=params.get("nomad_timeout") or DEFAULT_TIMEOUT,
+        token=values["nomad_token"],
+        region=values["nomad_region"],
+        namespace=values["nomad_namespace"],
+        validate_certs=values["nomad_validate_certs"],
+        ca_file=values["nomad_ca_cert"],
+        ca_path=values["nomad_ca_path"],
+        client_cert=values["nomad_client_cert"],
+        client_key=values["nomad_client_key"],
+        tls_server_name=values["nomad_tls_server_name"],
+        timeout=values["nomad_timeout"],
     )
 
 

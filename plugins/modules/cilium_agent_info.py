@@ -20,6 +20,8 @@ description:
 author:
   - netreap.cilium maintainers (@netreap)
 extends_documentation_fragment:
+  - netreap.cilium._attributes
+  - netreap.cilium._attributes.actiongroup_cilium
   - netreap.cilium._cilium
 options:
   static_policy_dir:
@@ -36,18 +38,10 @@ options:
     default: false
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
-  action_group:
-    description: Use C(group/netreap.cilium.cilium) or C(group/netreap.cilium.all) in C(module_defaults) to set options.
-    support: full
-    membership:
-      - netreap.cilium.cilium
-      - netreap.cilium.all
 seealso:
   - module: netreap.cilium.cilium_endpoint
   - module: netreap.cilium.cilium_policy

@@ -35,6 +35,8 @@ description:
 author:
   - netreap.cilium maintainers (@netreap)
 extends_documentation_fragment:
+  - netreap.cilium._attributes
+  - netreap.cilium._attributes.actiongroup_nomad_cilium
   - netreap.cilium._cilium
   - netreap.cilium._nomad
 options:
@@ -101,21 +103,11 @@ options:
     default: 120
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reads Nomad and the agent (including the per-allocation confirmations) but writes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Per endpoint, its labels before and after; reaped endpoints are absent after.
-  action_group:
-    description: Use C(group/netreap.cilium.cilium), C(group/netreap.cilium.nomad) or C(group/netreap.cilium.all)
-      in C(module_defaults) to set options.
-    support: full
-    membership:
-      - netreap.cilium.cilium
-      - netreap.cilium.nomad
-      - netreap.cilium.all
 seealso:
   - module: netreap.cilium.cilium_agent_info
   - name: Cilium endpoint labels and identity-relevant labels

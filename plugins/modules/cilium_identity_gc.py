@@ -35,6 +35,8 @@ description:
 author:
   - netreap.cilium maintainers (@netreap)
 extends_documentation_fragment:
+  - netreap.cilium._attributes
+  - netreap.cilium._attributes.actiongroup_kvstore
   - netreap.cilium._kvstore
   - netreap.cilium._kvstore.gc
   - netreap.cilium._consul
@@ -91,21 +93,11 @@ options:
     type: str
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports exactly what would be deleted, marked and unmarked; takes no lock and writes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: The diff lists the kvstore keys deleted (master keys and marks) and the marks written.
-  action_group:
-    description: Use C(group/netreap.cilium.consul), C(group/netreap.cilium.etcd) or C(group/netreap.cilium.all) in
-      C(module_defaults) to set options.
-    support: full
-    membership:
-      - netreap.cilium.consul
-      - netreap.cilium.etcd
-      - netreap.cilium.all
 seealso:
   - module: netreap.cilium.cilium_node_gc
   - module: netreap.cilium.cilium_kvstore_heartbeat

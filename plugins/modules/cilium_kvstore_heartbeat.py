@@ -28,6 +28,8 @@ description:
 author:
   - netreap.cilium maintainers (@netreap)
 extends_documentation_fragment:
+  - netreap.cilium._attributes
+  - netreap.cilium._attributes.actiongroup_kvstore
   - netreap.cilium._kvstore
   - netreap.cilium._consul
   - netreap.cilium._etcd
@@ -43,20 +45,10 @@ options:
     default: 0
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports the value it would write; writes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
-  action_group:
-    description: Use C(group/netreap.cilium.consul), C(group/netreap.cilium.etcd) or C(group/netreap.cilium.all) in
-      C(module_defaults) to set options.
-    support: full
-    membership:
-      - netreap.cilium.consul
-      - netreap.cilium.etcd
-      - netreap.cilium.all
 seealso:
   - module: netreap.cilium.cilium_node_gc
   - module: netreap.cilium.cilium_identity_gc

@@ -32,6 +32,8 @@ description:
 author:
   - netreap.cilium maintainers (@netreap)
 extends_documentation_fragment:
+  - netreap.cilium._attributes
+  - netreap.cilium._attributes.actiongroup_kvstore_nomad
   - netreap.cilium._kvstore
   - netreap.cilium._kvstore.gc
   - netreap.cilium._consul
@@ -86,22 +88,11 @@ options:
     default: 50
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports exactly what would be deleted, marked and unmarked; takes no lock and writes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: The diff lists the kvstore keys deleted (node keys, purged keys, marks) and the marks written.
-  action_group:
-    description: Use C(group/netreap.cilium.consul), C(group/netreap.cilium.etcd), C(group/netreap.cilium.nomad) or
-      C(group/netreap.cilium.all) in C(module_defaults) to set options.
-    support: full
-    membership:
-      - netreap.cilium.consul
-      - netreap.cilium.etcd
-      - netreap.cilium.nomad
-      - netreap.cilium.all
 seealso:
   - module: netreap.cilium.cilium_identity_gc
   - module: netreap.cilium.cilium_kvstore_heartbeat

@@ -31,6 +31,8 @@ description:
 author:
   - netreap.cilium maintainers (@netreap)
 extends_documentation_fragment:
+  - netreap.cilium._attributes
+  - netreap.cilium._attributes.actiongroup_consul_cilium
   - netreap.cilium._consul
   - netreap.cilium._cilium
 options:
@@ -128,20 +130,11 @@ options:
     default: present
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reads Consul and the agent, validates, and reports what would be published and applied. Writes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: The Consul value before and after, our rules in the agent (name and digest), or the policy files before and after.
-  action_group:
-    description: Use C(group/netreap.cilium.consul), C(group/netreap.cilium.cilium) or C(group/netreap.cilium.all) in C(module_defaults) to set options.
-    support: full
-    membership:
-      - netreap.cilium.consul
-      - netreap.cilium.cilium
-      - netreap.cilium.all
 seealso:
   - module: netreap.cilium.cilium_agent_info
   - name: Cilium policy language

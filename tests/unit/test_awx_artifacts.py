@@ -174,7 +174,8 @@ def _fragment_options(name):
     """Options of a doc fragment (plugins/doc_fragments/_<name>.py) -> the E(...) variables its text names."""
     with open(os.path.join(ROOT, "plugins", "doc_fragments", "_%s.py" % name)) as handle:
         text = handle.read()
-    doc = yaml.safe_load(text[text.index('r"""') + 4:text.rindex('"""')])
+    start = text.index('r"""') + 4  # DOCUMENTATION, the first of the fragment's strings
+    doc = yaml.safe_load(text[start:text.index('"""', start)])
     return {option: set(re.findall(r"E\(([A-Z_]+)\)", " ".join(spec["description"])))
             for option, spec in doc["options"].items()}
 
