@@ -4,7 +4,7 @@ Each benchmark is run as ``.venv/bin/python -m benchmarks.<name>`` from the repo
 ``prepare()`` makes ``ansible_collections.netreap.cilium`` importable from this checkout (a
 temporary collections tree whose ``netreap/cilium`` links to the working tree, so the figures are
 always those of the code as it is now), puts the repository root on ``sys.path`` for the lab
-(``tests.lab``), and sets ``ANSIBLE_COLLECTIONS_PATH`` and ``PATH`` for the ansible-playbook runs
+(``tests.lab``, ``tests.support``), and sets ``ANSIBLE_COLLECTIONS_PATH`` and ``PATH`` for the ansible-playbook runs
 a benchmark starts.
 """
 

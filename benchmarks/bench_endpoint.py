@@ -34,7 +34,7 @@ from ansible_collections.netreap.cilium.plugins.module_utils._http import Servic
 from ansible_collections.netreap.cilium.plugins.module_utils._nomad import NomadClient  # noqa: E402
 from tests.lab.lab import Lab  # noqa: E402
 from tests.lab.scenarios import netreap_labels  # noqa: E402
-from tests.lab_tests.conftest import run_module  # noqa: E402
+from tests.support.modules import run_module  # noqa: E402
 
 JOBS = 10
 

@@ -63,7 +63,7 @@ def write_nodes(lab, names):
 
 
 def run_gc(lab, args):
-    from tests.lab_tests.conftest import run_module
+    from tests.support.modules import run_module
 
     lab.log.clear()
     started = time.perf_counter()
@@ -112,7 +112,7 @@ def main():
     options = parser.parse_args()
     prepare()
     from tests.lab.lab import Lab
-    from tests.lab_tests.conftest import kvstore_args
+    from tests.support.modules import kvstore_args
 
     state_dir = tempfile.mkdtemp(prefix="bench-", dir="/tmp")
     cilium = "1.16" if options.kvstore == "consul" else "1.19"

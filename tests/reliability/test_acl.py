@@ -16,7 +16,7 @@ import pytest
 
 from tests.lab.kvstore import labels_key
 from tests.lab.lab import Lab
-from tests.lab_tests.conftest import run_module
+from tests.support.modules import run_module
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                    "docs", "permissions.md")

@@ -17,7 +17,7 @@ import yaml
 
 from tests.lab.kvstore import consul_encode
 from tests.lab.lab import Lab
-from tests.lab_tests.conftest import run_module
+from tests.support.modules import run_module
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bad_inputs")
 WRITE_METHODS = ("PUT", "POST", "PATCH", "DELETE")

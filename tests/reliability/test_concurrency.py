@@ -24,13 +24,13 @@ import time
 import pytest
 
 from tests.lab import httpd, scenarios
-from tests.lab_tests.conftest import (
+from tests.support.modules import (
     etcd_front,
     kvstore_args,
     run_module,
     run_module_subprocess,
 )
-from tests.lab_tests.test_reap_playbook import FAST_GC, reap, reap_together, task_results
+from tests.support.playbook import FAST_GC, reap, reap_together, task_results
 
 RETIRED = ["nomad-client-retired-1", "nomad-client-retired-2"]
 CONSUL_LOCK = "service/netreaper/leader"
@@ -57,8 +57,8 @@ def kill(proc):
 
 # -- two reapers at once --------------------------------------------------------------------------
 @pytest.mark.parametrize("profile,kvstore", [("1.16", "consul"), ("1.19", "etcd")])
-def test_two_reap_runs_started_together_collect_each_key_once(fm_lab_factory, profile, kvstore):
-    lab = fm_lab_factory(nodes=2, cilium=profile, kvstore=kvstore, scenario="drift")
+def test_two_reap_runs_started_together_collect_each_key_once(lab_factory, profile, kvstore):
+    lab = lab_factory(nodes=2, cilium=profile, kvstore=kvstore, scenario="drift")
     extra = list(FAST_GC) + ["--tags", "netreap_gc"]
     if kvstore == "etcd":
         # through the fault proxy, so that the write transactions can be slowed down
@@ -95,8 +95,8 @@ def kvstore_state(lab):
     return {k: v for k, v in lab.kv.backend.list(prefix).items() if k.startswith("cilium/")}
 
 
-def test_node_gc_killed_mid_transaction_consul_lock_expires_and_rerun_converges(fm_lab_factory):
-    lab = fm_lab_factory(nodes=2, cilium="1.16", kvstore="consul", scenario="drift")
+def test_node_gc_killed_mid_transaction_consul_lock_expires_and_rerun_converges(lab_factory):
+    lab = lab_factory(nodes=2, cilium="1.16", kvstore="consul", scenario="drift")
     args = gc_args(lab, lock_ttl=10)
     assert names(run_module("cilium_node_gc", args)["marked"]) == RETIRED
     before = kvstore_state(lab)
@@ -130,8 +130,8 @@ def test_node_gc_killed_mid_transaction_consul_lock_expires_and_rerun_converges(
     assert not again.failed and not again["changed"]
 
 
-def test_node_gc_killed_mid_transaction_etcd_lease_expires_and_rerun_converges(fm_lab_factory):
-    lab = fm_lab_factory(nodes=2, cilium="1.19", kvstore="etcd", scenario="drift")
+def test_node_gc_killed_mid_transaction_etcd_lease_expires_and_rerun_converges(lab_factory):
+    lab = lab_factory(nodes=2, cilium="1.19", kvstore="etcd", scenario="drift")
     args = gc_args(lab, lock_ttl=2)
     assert names(run_module("cilium_node_gc", args)["marked"]) == RETIRED
     before = kvstore_state(lab)
@@ -248,8 +248,8 @@ def policy_args(lab, node, **extra):
     return args
 
 
-def test_policy_killed_between_file_writes_never_shows_a_half_written_file(fm_lab_factory, tmp_path):
-    lab = fm_lab_factory(nodes=1, cilium="1.19", kvstore="etcd", scenario="drift")
+def test_policy_killed_between_file_writes_never_shows_a_half_written_file(lab_factory, tmp_path):
+    lab = lab_factory(nodes=1, cilium="1.19", kvstore="etcd", scenario="drift")
     node = lab.nodes[0]
     args = policy_args(lab, node)
     first = run_module("cilium_policy", args)
@@ -309,8 +309,8 @@ def test_policy_killed_between_file_writes_never_shows_a_half_written_file(fm_la
     assert {"8443", "6380"} <= set(ports)
 
 
-def test_policy_killed_between_put_and_delete_keeps_our_rules_and_rerun_converges(fm_lab_factory):
-    lab = fm_lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="drift")
+def test_policy_killed_between_put_and_delete_keeps_our_rules_and_rerun_converges(lab_factory):
+    lab = lab_factory(nodes=1, cilium="1.16", kvstore="consul", scenario="drift")
     node = lab.nodes[0]
     args = policy_args(lab, node, method="add-then-delete")
     first = run_module("cilium_policy", args)

@@ -19,8 +19,8 @@ import os
 import pytest
 
 from tests.lab import httpd, scenarios
-from tests.lab_tests.conftest import etcd_front, kvstore_args, run_module
-from tests.lab_tests.test_reap_playbook import FAST_GC, changed_tasks, reap, summary, task_results
+from tests.support.modules import etcd_front, kvstore_args, run_module
+from tests.support.playbook import FAST_GC, changed_tasks, reap, summary, task_results
 from tests.reliability import gen_fault_doc
 from tests.reliability.fault_cases import CASES
 
@@ -251,8 +251,8 @@ def run_case_playbook(lab, case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_fault(case, fm_lab_factory, fm_no_backoff, fm_warnings):
-    lab = fm_lab_factory(**LABS[case["lab"]])
+def test_fault(case, lab_factory, fm_no_backoff, fm_warnings):
+    lab = lab_factory(**LABS[case["lab"]])
     if case["module"] == "reap.yml":
         before, after, result, text, writes, clean = run_case_playbook(lab, case)
     else:

@@ -21,15 +21,14 @@ import pytest
 import yaml
 
 from tests.lab.lab import Lab
-from tests.roles import test_reaper as reaper_tests
-from tests.roles import test_roles_render as render_tests
+from tests.support.playbook import FAST_GC_VARS
+from tests.support import roles as role_helpers
 
 BIN = os.path.dirname(sys.executable)
-FAST_GC = {"netreap_node_gc_min_age": 0, "netreap_identity_gc_min_age": 0}
 
 
 def sec_env(lab=None, tokens_in_env=False, **extra):
-    env = render_tests.ansible_env(ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_HOST_KEY_CHECKING="false",
+    env = role_helpers.ansible_env(ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_HOST_KEY_CHECKING="false",
                                    ANSIBLE_STDOUT_CALLBACK="default")
     for name in ("CONSUL_HTTP_TOKEN", "NOMAD_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "ETCDCTL_PASSWORD"):
         env.pop(name, None)
@@ -142,7 +141,7 @@ def test_modules_never_show_a_token(sec_lab, tmp_path, via):
 @pytest.mark.parametrize("via", ["options", "env"])
 def test_reap_playbook_never_shows_a_token(sec_lab, tmp_path, via):
     tokens = sec_tokens(sec_lab)
-    extra = dict(FAST_GC)
+    extra = dict(FAST_GC_VARS)
     if via == "options":
         extra.update(netreap_consul_token=tokens[0], netreap_nomad_token=tokens[1])
     variables = tmp_path / "vars.json"
@@ -169,12 +168,12 @@ def sec_files_with(root, secrets):
 def test_agent_role_keeps_the_token_in_its_env_file(tmp_path):
     token = "agent-consul-5e2b71c0-secret"
     root = tmp_path / "root"
-    render_tests.make_verify_root(root)
+    role_helpers.make_verify_root(root)
     (root / "controller").mkdir()
     (root / "controller/cilium-cni").write_text("#!/bin/sh\necho 'Cilium CNI plugin 1.16.5'\n")
-    variables = render_tests.render_vars(root, node_cilium_version="1.16.5", agent_kvstore="consul",
+    variables = role_helpers.render_vars(root, node_cilium_version="1.16.5", agent_kvstore="consul",
                                          agent_consul_token=token, agent_consul_address="10.0.0.5:8500")
-    rc, out = render_tests.playbook(tmp_path, render_tests.node_play(variables), render_tests.local_hosts("node1"),
+    rc, out = role_helpers.playbook(tmp_path, role_helpers.node_play(variables), role_helpers.local_hosts("node1"),
                                     "-vvv", "--diff")
     assert rc == 0, out[-4000:]
     assert "cilium-agent.env" in out  # the task ran (and was shown, without its content)
@@ -185,10 +184,10 @@ def test_agent_role_keeps_the_token_in_its_env_file(tmp_path):
 
 def test_reaper_role_keeps_the_tokens_in_its_env_file(tmp_path):
     root = tmp_path / "root"
-    reaper_tests.make_stub(root)
+    role_helpers.make_stub(root)
     secrets = ["nomad-7d1e-secret", "4b2f", "etcd-9a0c-secret"]  # the consul token holds " and \ around 4b2f
-    assert set(reaper_tests.SECRETS) == {"reaper_nomad_token", "reaper_consul_token", "reaper_etcd_password"}
-    rc, out = reaper_tests.converge(tmp_path, reaper_tests.role_vars(root), "-vvv", "--diff")
+    assert set(role_helpers.SECRETS) == {"reaper_nomad_token", "reaper_consul_token", "reaper_etcd_password"}
+    rc, out = role_helpers.converge(tmp_path, role_helpers.role_vars(root), "-vvv", "--diff")
     assert rc == 0, out[-4000:]
     env_file = "etc/netreap/reaper.env"
     assert sec_files_with(root, secrets) == {env_file: "0o600"}

@@ -15,7 +15,7 @@ import pytest
 from tests.lab import httpd
 from tests.lab.lab import Lab
 from tests.lab.tls import LabCA, server_context
-from tests.lab_tests.conftest import run_module
+from tests.support.modules import run_module
 
 HEARTBEAT = "cilium/.heartbeat"
 POLICY = [{"labels": [{"key": "name", "value": "tls-web", "source": "unspec"}],

@@ -22,80 +22,15 @@ import sys
 import pytest
 import yaml
 
+from tests.support.roles import SECRETS, ansible_env, converge, make_stub, role_vars
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 FLOCK = shutil.which("flock")
-SECRETS = {"reaper_nomad_token": "nomad-7d1e-secret", "reaper_consul_token": 'consul"4b2f\\secret',
-           "reaper_etcd_password": "etcd-9a0c-secret"}
-
-
-def collections_path():
-    if os.environ.get("ANSIBLE_COLLECTIONS_PATH"):
-        return os.environ["ANSIBLE_COLLECTIONS_PATH"]
-    try:
-        import ansible_collections.netreap.cilium as package
-    except ImportError:
-        return os.path.join(ROOT, "build", "collections")
-    return os.path.dirname(os.path.dirname(os.path.dirname(list(package.__path__)[0])))
-
-
-def ansible_env():
-    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path(), ANSIBLE_NOCOLOR="1",
-                ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_DEPRECATION_WARNINGS="0",
-                ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-
-
-def role_vars(root, **overrides):
-    """The role with the service switch off and every path under ``root``."""
-    values = {
-        "reaper_user_manage": False,
-        "reaper_service_manage": False,
-        "reaper_user": "root",
-        "reaper_group": "root",
-        "reaper_working_dir": str(root / "var/lib/netreap"),
-        "reaper_config_dir": str(root / "etc/netreap"),
-        "reaper_unit_dir": str(root / "etc/systemd/system"),
-        "reaper_ansible_playbook_bin": str(root / "opt/netreap/bin/ansible-playbook"),
-        "reaper_extra_vars": {"netreap_node_gc_min_age": 3600},
-        "reaper_environment": {"ANSIBLE_COLLECTIONS_PATH": "/opt/netreap/collections", "ODD": "50% $HOME"},
-        "reaper_nomad_inventory": {"nomad_address": "https://nomad.service.consul:4646"},
-    }
-    values.update(SECRETS)
-    values.update(overrides)
-    return values
-
-
-def converge(work, variables, *args):
-    book = work / "play.yml"
-    book.write_text(yaml.safe_dump([{"name": "Reaper", "hosts": "controller", "gather_facts": False,
-                                     "roles": [{"role": "netreap.cilium.reaper", "vars": variables}]}]))
-    inventory = work / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"controller": {
-        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
-    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", str(inventory), str(book)] + list(args),
-                          capture_output=True, text=True, env=ansible_env(), cwd=str(work), timeout=300,
-                          check=False)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
 def recap_changed(out):
     line = [x for x in out.splitlines() if "changed=" in x][-1]
     return int(line.split("changed=")[1].split()[0])
-
-
-def make_stub(root):
-    """The host's unit directory, and a stand-in ansible-playbook: records its argv, leaves a
-    background child (like an ssh ControlPersist master) holding every inherited descriptor."""
-    (root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
-    stub = root / "opt/netreap/bin/ansible-playbook"
-    stub.parent.mkdir(parents=True, exist_ok=True)
-    stub.write_text("#!/bin/sh\n"
-                    "printf '%s\\n' \"$@\" > \"$STUB_RECORD\"\n"
-                    "sleep 60 >/dev/null 2>&1 </dev/null &\n"
-                    "echo $! > \"$STUB_RECORD.child\"\n")
-    stub.chmod(0o755)
-    return stub
 
 
 def exec_start(unit_text):

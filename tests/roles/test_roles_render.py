@@ -20,68 +20,12 @@ import sys
 import pytest
 import yaml
 
+from tests.support.roles import ansible_env, local_hosts, make_verify_root, node_play, playbook, render_vars
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROLES = ["kernel_modules", "bpffs", "cni", "agent", "node"]
 BIN = os.path.dirname(sys.executable)
-COLLECTIONS = os.environ.get("ANSIBLE_COLLECTIONS_PATH", os.path.join(ROOT, "build", "collections"))
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-
-
-def ansible_env(**extra):
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1",
-               ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_DEPRECATION_WARNINGS="0",
-               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    env.update(extra)
-    return env
-
-
-def playbook(tmp_path, plays, inventory, *args):
-    book = tmp_path / "play.yml"
-    book.write_text(yaml.safe_dump(plays, sort_keys=False))
-    inv = tmp_path / "inventory.yml"
-    inv.write_text(yaml.safe_dump(inventory, sort_keys=False))
-    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", str(inv), str(book)] + list(args),
-                          capture_output=True, text=True, env=ansible_env(), cwd=str(tmp_path), check=False)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-def local_hosts(*names, **host_vars):
-    hosts = {name: dict({"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-                        **host_vars.get(name, {})) for name in names}
-    return {"all": {"children": {"cilium_nodes": {"hosts": hosts}}}}
-
-
-def render_vars(prefix, **overrides):
-    """The node role with every service switch off and every path under ``prefix``."""
-    root = str(prefix)
-    values = {
-        "node_container_runtime_bin": "/usr/bin/podman",
-        "node_cni_bin_dir": root + "/opt/cni/bin",
-        "node_cni_config_dir": root + "/opt/cni/config",
-        "kernel_modules_load_dir": root + "/etc/modules-load.d",
-        "kernel_modules_load_manage": False,
-        "bpffs_unit_dir": root + "/etc/systemd/system",
-        "bpffs_service_manage": False,
-        "cni_state_dir": root + "/var/lib/netreap-cilium",
-        "cni_plugins_source": "none",
-        "cni_cilium_cni_source": "file",
-        "cni_cilium_cni_file": root + "/controller/cilium-cni",
-        "cni_nomad_restart_manage": False,
-        "agent_unit_dir": root + "/etc/systemd/system",
-        "agent_config_dir": root + "/etc/cilium",
-        "agent_service_manage": False,
-        "agent_image_pull_manage": False,
-        "agent_docker_daemon_json": root + "/etc/docker/daemon.json",
-        # The socket group is created by the systemd scenario (tests/roles/run.sh), not on this host.
-        "agent_socket_group_manage": False,
-    }
-    values.update(overrides)
-    return values
-
-
-def node_play(variables, gather=False):
-    return [{"name": "Render the node roles", "hosts": "cilium_nodes", "gather_facts": gather,
-             "vars": variables, "roles": [{"role": "netreap.cilium.node"}]}]
 
 
 def agent_play(variables):
@@ -118,19 +62,6 @@ def test_ansible_doc_renders_role(role):
 
 
 # --- rendering + systemd-analyze verify ----------------------------------------------------------
-
-def make_verify_root(root):
-    """A --root for systemd-analyze: the system units plus stub executables the units call."""
-    shutil.copytree("/usr/lib/systemd/system", str(root / "usr/lib/systemd/system"), symlinks=True,
-                    dirs_exist_ok=True)
-    for path in ("usr/bin/podman", "usr/bin/docker", "usr/bin/touch", "bin/mkdir", "bin/sh", "bin/mount",
-                 "bin/mountpoint"):
-        stub = root / path
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        stub.write_text("#!/bin/sh\nexit 0\n")
-        stub.chmod(0o755)
-    (root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
-
 
 def systemd_verify(root, unit):
     proc = subprocess.run([SYSTEMD_ANALYZE, "--root=" + str(root), "verify", "/etc/systemd/system/" + unit],

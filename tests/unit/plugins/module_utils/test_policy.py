@@ -3,7 +3,7 @@ planning for every apply method, diffs, static file names and YAML rendering.
 
 Expected messages are Cilium's own (docs/upstream.md#rule-validation-per-release-recorded; the
 recorded verdicts are replayed in full by test_policy_oracle_replay.py);
-tests/lab_tests/test_cilium_policy.py checks the same cases against the lab's independent agent
+tests/lab_tests/plugins/modules/test_cilium_policy.py checks the same cases against the lab's independent agent
 simulator.
 """
 

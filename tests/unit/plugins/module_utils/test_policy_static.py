@@ -2,7 +2,7 @@
 
 The agent rewrites the peer selectors of a file it loads (docs/upstream.md#static-files-peer-selectors-rewritten):
 the renderer names the two keys it would add, with DoesNotExist, so that the rewrite changes
-nothing.  tests/lab_tests/test_cilium_policy.py checks the effect on the lab agent's effective rules.
+nothing.  tests/lab_tests/plugins/modules/test_cilium_policy.py checks the effect on the lab agent's effective rules.
 """
 
 import copy

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from tests.lab import httpd
-from tests.lab_tests.conftest import run_module
+from tests.support.modules import run_module
 
 EXPECTED = {
     # profile: (rest_policy_write, replace_with_labels, static_policy_supported, consul_kvstore, cli)

@@ -18,7 +18,7 @@ from tests.lab import httpd, scenarios
 from tests.lab import cilium as lab_cilium
 from tests.lab import policy_rules as agent_validator
 from tests.lab.control import UnixHTTPConnection
-from tests.lab_tests.conftest import run_module
+from tests.support.modules import run_module
 
 KVSTORE = {"1.13": "consul", "1.15": "consul", "1.16": "consul", "1.18": "etcd", "1.19": "etcd"}
 METHOD = {"1.13": "add-then-delete", "1.15": "replace-with-labels", "1.16": "replace-with-labels",

@@ -15,7 +15,7 @@ import zoneinfo
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 NOMAD_DIR = os.path.join(ROOT, "extras", "nomad")
 JOBS = ["netreap-reaper", "netreap-heartbeat"]
 NOMAD_BIN = os.environ.get("NOMAD_BIN")

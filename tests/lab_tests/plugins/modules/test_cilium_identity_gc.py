@@ -9,7 +9,7 @@ import pytest
 from tests.lab import httpd
 from tests.lab.kvstore import IDS, labels_key
 from tests.lab.scenarios import netreap_labels
-from tests.lab_tests.conftest import (
+from tests.support.modules import (
     CONSUL_KINDS,
     KV_BACKENDS,
     etcd_front,

@@ -7,7 +7,7 @@ key from an option refuses it up front, naming the option."""
 
 import pytest
 
-from tests.lab_tests.conftest import CONSUL_KINDS, kvstore_args, run_module
+from tests.support.modules import CONSUL_KINDS, kvstore_args, run_module
 
 EMPTY = "must not contain an empty segment ('//')"
 CASES = [

@@ -5,62 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from tests.lab import httpd
 from tests.lab.report import drift_report
-
-BIN = os.path.dirname(sys.executable)
-CALLBACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "callback_plugins")
-FAST_GC = ["-e", "netreap_node_gc_min_age=0", "-e", "netreap_identity_gc_min_age=0"]
-
-
-def reap(lab, *args, check=False, lab_env=True):
-    """Run reap.yml with the json callback; returns (rc, parsed output)."""
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="lab_json", ANSIBLE_CALLBACK_PLUGINS=CALLBACKS,
-               ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_HOST_KEY_CHECKING="false")
-    if lab_env:
-        env.update(lab.env())
-    cmd = [os.path.join(BIN, "ansible-playbook"), "-i", os.path.join(lab.state_dir, "inventory.yml"),
-           "netreap.cilium.reap"] + list(args) + (["--check"] if check else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
-    try:
-        out = json.loads(proc.stdout[proc.stdout.index("{"):])
-    except ValueError:
-        raise AssertionError("no JSON from ansible-playbook (rc %s):\n%s\n%s"
-                             % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
-    return proc.returncode, out
-
-
-def reap_together(lab, *args, runs=2):
-    """Start ``runs`` reap.yml runs at once; returns their ``(rc, output)`` once all ended."""
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(reap(lab, *args))) for unused in range(runs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
-
-
-def task_results(out, task_name):
-    """``{host: result}`` of the first task whose name starts with ``task_name``."""
-    for play in out["plays"]:
-        for task in play["tasks"]:
-            if task["task"]["name"].startswith(task_name):
-                return task["hosts"]
-    raise KeyError(task_name)
-
-
-def summary(out):
-    return task_results(out, "Show the summary")["localhost"]["netreap_summary"]
-
-
-def changed_tasks(out):
-    return sorted({task["task"]["name"] for play in out["plays"] for task in play["tasks"]
-                   for result in task["hosts"].values() if result.get("changed")})
+from tests.support.playbook import BIN, CALLBACKS, FAST_GC, changed_tasks, reap, reap_together, summary, task_results
 
 
 def clean(report):

@@ -14,7 +14,7 @@ from ansible.module_utils import basic
 from tests.lab import httpd
 from tests.lab.cilium import PROFILES, CiliumAgentSim
 from tests.lab.scenarios import JOBS, netreap_labels
-from tests.lab_tests.conftest import run_module
+from tests.support.modules import run_module
 
 WRITES = ("PATCH", "DELETE", "PUT", "POST")
 DOCKER_ID = "3f1e9c0a7b6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f"

@@ -8,7 +8,7 @@ import pytest
 
 from tests.lab import httpd
 from tests.lab.kvstore import HEARTBEAT
-from tests.lab_tests.conftest import CONSUL_KINDS, KV_BACKENDS, kvstore_args, kvstore_writes, run_module
+from tests.support.modules import CONSUL_KINDS, KV_BACKENDS, kvstore_args, kvstore_writes, run_module
 
 BACKENDS = KV_BACKENDS
 

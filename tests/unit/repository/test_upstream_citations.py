@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 UPSTREAM = ROOT / "docs" / "upstream.md"
 
 # Not part of the tree: VCS data, virtualenvs, build output, caches, ansible-test output.
@@ -43,7 +43,7 @@ OUTSIDE = [
 ALLOWED = {
     ".ci/run": {"directory beside the checkout", "shared reference directory"},
     # This file names the patterns it looks for.
-    "tests/unit/test_upstream_citations.py": {"*"},
+    "tests/unit/repository/test_upstream_citations.py": {"*"},
 }
 
 CITATION = re.compile(r"upstream\.md#([A-Za-z0-9_-]+)")

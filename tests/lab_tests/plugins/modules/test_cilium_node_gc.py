@@ -13,7 +13,7 @@ import pytest
 
 from tests.lab import httpd
 from tests.lab.kvstore import NODES
-from tests.lab_tests.conftest import (
+from tests.support.modules import (
     CONSUL_KINDS,
     KV_BACKENDS,
     etcd_front,

@@ -19,7 +19,7 @@ from jinja2 import StrictUndefined, Undefined
 from jinja2.exceptions import UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 AWX = os.path.join(ROOT, "extras", "awx")
 NAME_RE = re.compile(r"^[a-zA-Z_]+[a-zA-Z0-9_]*$")
 FILE_KEY_RE = re.compile(r"^template(\.[a-zA-Z_]+[a-zA-Z0-9_]*)?$")
