@@ -48,6 +48,9 @@ if [ -n "$(ls "$COLL"/tests/sanity/ignore-*.txt 2>/dev/null)" ]; then
 fi
 (cd "$COLL" && ansible-test sanity --venv --python 3.11 --color no) || failed_steps+=("sanity")
 
+step "docs: antsibull-docs lint-collection-docs (plugins, roles, the guides as extra docs)"
+bash scripts/docs.sh --lint || failed_steps+=("docs")
+
 step "roles under systemd (podman container; installs podman, runc, debootstrap if missing)"
 bash tests/roles/run.sh || failed_steps+=("roles")
 
@@ -55,16 +58,16 @@ step "ansible-test integration (each target starts its own lab)"
 (cd "$COLL" && ansible-test integration --venv --python 3.11 --color no) || failed_steps+=("integration")
 
 echo
-# One closing line for CI: pytest's counts plus the three other steps (each one test).
+# One closing line for CI: pytest's counts plus the four other steps (each one test).
 steps_failed=0
 for name in "${failed_steps[@]}"; do
   case "$name" in pytest*) ;; *) steps_failed=$((steps_failed + 1)) ;; esac
 done
 if [ $rc -ne 0 ] && [ "$pytest_failed" -eq 0 ]; then pytest_failed=1; fi
 if [ ${#failed_steps[@]} -eq 0 ]; then
-  echo "all steps passed: pytest, ansible-test sanity, roles under systemd, ansible-test integration"
+  echo "all steps passed: pytest, ansible-test sanity, docs lint, roles under systemd, ansible-test integration"
 else
   echo "failed steps: ${failed_steps[*]}"
 fi
-echo "$((pytest_passed + 3 - steps_failed)) passed, $((pytest_failed + steps_failed)) failed"
+echo "$((pytest_passed + 4 - steps_failed)) passed, $((pytest_failed + steps_failed)) failed"
 [ ${#failed_steps[@]} -eq 0 ]
