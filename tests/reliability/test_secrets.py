@@ -171,7 +171,7 @@ def test_agent_role_keeps_the_token_in_its_env_file(tmp_path):
     role_helpers.make_verify_root(root)
     (root / "controller").mkdir()
     (root / "controller/cilium-cni").write_text("#!/bin/sh\necho 'Cilium CNI plugin 1.16.5'\n")
-    variables = role_helpers.render_vars(root, node_cilium_version="1.16.5", agent_kvstore="consul",
+    variables = role_helpers.render_vars(root, cilium_version="1.16.5", agent_kvstore="consul",
                                          agent_consul_token=token, agent_consul_address="10.0.0.5:8500")
     rc, out = role_helpers.playbook(tmp_path, role_helpers.node_play(variables), role_helpers.local_hosts("node1"),
                                     "-vvv", "--diff")

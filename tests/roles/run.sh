@@ -147,7 +147,7 @@ record "verify: modules file, bpffs mounted, CNI files, agent active+healthy, fl
 # --- 5. a changed setting restarts the agent ------------------------------------------------------
 log "restart handler"
 pid_before=$(podman exec "$NAME" systemctl show -p MainPID --value cilium-agent.service)
-play restart playbooks/provision.yml -e '{"agent_cluster_id": 7}'
+play restart playbooks/provision.yml -e '{"cilium_cluster_id": 7}'
 rc=$?
 pid_after=$(podman exec "$NAME" systemctl show -p MainPID --value cilium-agent.service)
 flags=$(podman exec "$NAME" cat /var/lib/netreap-fake-runtime/cilium-agent.argv.json)

@@ -47,7 +47,9 @@ def test_argument_specs_mirror_defaults(role):
     assert sorted(options) == sorted(defaults)
     for name, value in defaults.items():
         assert options[name].get("default") == value, name
-        assert name.startswith(role + "_"), name
+        # A role's own variables carry its prefix; facts shared with the other roles and the
+        # playbooks (version, image, socket, cluster) carry the cilium_ prefix.
+        assert name.startswith((role + "_", "cilium_")), name
         assert options[name].get("description"), name
 
 
@@ -121,7 +123,7 @@ LOCAL_CLUSTER = "--policy-default-local-cluster=false"
      ["--tunnel=geneve"]),
 ])
 def test_agent_flags_follow_the_version(tmp_path, version, expected, absent):
-    root, rc, out = render(tmp_path, node_cilium_version=version, agent_tunnel_protocol="geneve")
+    root, rc, out = render(tmp_path, cilium_version=version, agent_tunnel_protocol="geneve")
     assert rc == 0, out
     unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
     for flag in expected:
@@ -172,7 +174,7 @@ def test_hubble_flags_follow_the_settings(tmp_path, version, variables, expected
         if name in variables:
             (sources / variables[name]).write_text("PEM of %s\n" % name)
             variables[name] = str(sources / variables[name])
-    root, rc, out = render(tmp_path, node_cilium_version=version, **variables)
+    root, rc, out = render(tmp_path, cilium_version=version, **variables)
     assert rc == 0, out
     config = str(root / "etc/cilium")
     unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
@@ -213,7 +215,7 @@ def test_unit_orders_nomad_after_the_socket_and_shares_lock_and_modules(tmp_path
 
 
 def test_node_name_turns_the_kubernetes_client_off_from_1_14(tmp_path):
-    root, rc, out = render(tmp_path, node_cilium_version="1.14.19", agent_node_name="nomad-client-7")
+    root, rc, out = render(tmp_path, cilium_version="1.14.19", agent_node_name="nomad-client-7")
     assert rc == 0, out
     unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
     assert "K8S_NODE_NAME=nomad-client-7" in (root / "etc/cilium/cilium-agent.env").read_text()
@@ -223,21 +225,21 @@ def test_node_name_turns_the_kubernetes_client_off_from_1_14(tmp_path):
 @pytest.mark.parametrize("variables", [{"agent_node_name": "nomad-client-7"},
                                        {"agent_environment": {"K8S_NODE_NAME": "nomad-client-7"}}])
 def test_preflight_refuses_a_node_name_on_1_13(tmp_path, variables):
-    rc, out = playbook(tmp_path, agent_play(render_vars(tmp_path, agent_version="1.13.18", **variables)),
+    rc, out = playbook(tmp_path, agent_play(render_vars(tmp_path, cilium_version="1.13.18", **variables)),
                        local_hosts("node1"), "--check")
     assert rc != 0
     assert "agent_node_name (K8S_NODE_NAME) needs Cilium 1.14 or newer" in out
 
 
 def test_cilium_cni_comes_from_the_agent_image(tmp_path):
-    """A private registry is set once (node_cilium_image): the agent runs that image and cilium-cni
+    """A private registry is set once (cilium_image): the agent runs that image and cilium-cni
     is copied out of the same image."""
     calls = tmp_path / "runtime-calls.log"
     runtime = tmp_path / "runtime"
     runtime.write_text("#!/bin/sh\necho \"$@\" >> %s\n"
                        "if [ \"$1\" = cp ]; then printf '#!/bin/sh\\necho 1.19.0\\n' > \"$3\"; fi\n" % calls)
     runtime.chmod(0o755)
-    root, rc, out = render(tmp_path, node_cilium_image="registry.example.com/mirror/cilium",
+    root, rc, out = render(tmp_path, cilium_image="registry.example.com/mirror/cilium",
                            node_container_runtime_bin=str(runtime), cni_cilium_cni_source="image")
     assert rc == 0, out
     created = [line for line in calls.read_text().splitlines() if line.startswith("create ")]
@@ -247,7 +249,7 @@ def test_cilium_cni_comes_from_the_agent_image(tmp_path):
 
 
 def test_consul_token_stays_in_the_env_file(tmp_path):
-    root, rc, out = render(tmp_path, node_cilium_version="1.16.5", agent_kvstore="consul",
+    root, rc, out = render(tmp_path, cilium_version="1.16.5", agent_kvstore="consul",
                            agent_consul_token="tok-3f9c-secret", agent_consul_address="10.0.0.5:8500")
     assert rc == 0, out
     unit = (root / "etc/systemd/system/cilium-agent.service").read_text()
@@ -292,7 +294,7 @@ def test_plan_gives_each_node_its_own_range(tmp_path):
 
 
 def test_preflight_refuses_consul_on_1_17(tmp_path):
-    variables = render_vars(tmp_path, agent_version="1.17.3", agent_kvstore="consul")
+    variables = render_vars(tmp_path, cilium_version="1.17.3", agent_kvstore="consul")
     rc, out = playbook(tmp_path, agent_play(variables), local_hosts("node1"), "--check")
     assert rc != 0
     assert "Cilium 1.17.3 cannot use Consul as kvstore (support was removed in 1.17)" in out
