@@ -86,7 +86,7 @@ MAX_BACKOFF = 30.0
 
 def next_index(previous, answered):
     """Consul's rule for the next blocking index: reset to 0 when it goes backwards, never 0."""
-    # docs/upstream.md#consul-blocking-queries
+    # docs/upstream.md#consul-blocking
     if answered < previous or answered < 1:
         return 0 if answered < previous else 1
     return answered

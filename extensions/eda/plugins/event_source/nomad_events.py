@@ -93,7 +93,8 @@ import os
 import sys
 from collections import OrderedDict
 
-# ansible-rulebook runs this file by path: make the collection's own module_utils importable.
+# ansible-rulebook runs this file by path (docs/upstream.md#eda-rulebook): make the collection's
+# own module_utils importable.
 _ROOT = os.path.dirname(os.path.abspath(__file__))
 for _unused in range(7):
     _ROOT = os.path.dirname(_ROOT)
