@@ -39,7 +39,8 @@ def alloc_frame(index, alloc_id, node, status, namespace="default"):
 
 
 class StreamServer:
-    """Each connection plays the next script: a list of frames, ``"close"`` or ``("sleep", s)``.
+    """Each connection plays the next script: a list of frames, ``"close"``, ``("sleep", s)`` or
+    ``("wait", callable)``.
 
     A script may also be a callable of the requested index returning such a list.
     """
@@ -78,8 +79,8 @@ class StreamServer:
                         if item == "close":  # hang up mid-stream
                             self.close_connection = True
                             return
-                        if isinstance(item, tuple):
-                            time.sleep(item[1])
+                        if isinstance(item, tuple):  # ("sleep", seconds) or ("wait", callable)
+                            item[1]() if callable(item[1]) else time.sleep(item[1])
                             continue
                         for part in (json.dumps(item).encode(), b"\n"):
                             self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
