@@ -8,6 +8,7 @@ answered from the oldest buffered item.
 import asyncio
 import http.server
 import importlib.util
+import itertools
 import json
 import logging
 import pathlib
@@ -42,7 +43,8 @@ class StreamServer:
     """Each connection plays the next script: a list of frames, ``"close"``, ``("sleep", s)`` or
     ``("wait", callable)``.
 
-    A script may also be a callable of the requested index returning such a list.
+    A script may also be a callable of the requested index returning such a list (or any
+    iterable: a generator feeds frames as they come).
     """
 
     def __init__(self, scripts):
@@ -63,7 +65,7 @@ class StreamServer:
                 script = server.scripts.pop(0) if server.scripts else [("sleep", 30)]
                 if callable(script):
                     script = script(int(query.get("index", ["0"])[0]))
-                if script and script[0] == "forbidden":
+                if isinstance(script, list) and script[:1] == ["forbidden"]:
                     body = b"Permission denied"
                     self.send_response(403)
                     self.send_header("Content-Length", str(len(body)))
@@ -75,7 +77,7 @@ class StreamServer:
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 try:
-                    for item in [{}] + script:  # Nomad sends a heartbeat first
+                    for item in itertools.chain([{}], script):  # a heartbeat first, as Nomad
                         if item == "close":  # hang up mid-stream
                             self.close_connection = True
                             return
