@@ -57,6 +57,12 @@ options:
   window:
     description: Seconds a node's changes are collected before its event is emitted.
     default: 1.0
+  group:
+    description:
+      - Emit the nodes whose changes fell in one window as one event (C(nomad_nodes), a list of
+        the per-node bodies) instead of one event per node, so that one playbook run serves a
+        burst on many nodes (each run costs an ansible-playbook start on the controller).
+    default: false
   backoff:
     description: First reconnect delay in seconds; it doubles up to C(max_backoff).
     default: 0.5
@@ -81,7 +87,8 @@ EXAMPLES = r'''
 '''
 
 Event (under the key C(nomad)): C(node_id), C(node_name), C(started) and C(stopped) (allocation
-IDs, sorted), C(index) (the highest Nomad index included).
+IDs, sorted), C(index) (the highest Nomad index included). With C(group=true), one event per
+window under the key C(nomad_nodes): the list of those bodies.
 """
 
 from __future__ import annotations
@@ -192,6 +199,7 @@ class NomadEventSource:
         self.backoff = float(self.args.get("backoff", 0.5))
         self.max_backoff = float(self.args.get("max_backoff", 30.0))
         self.idle_timeout = float(self.args.get("nomad_timeout") or 75.0)
+        self.group = bool(self.args.get("group", False))
         self.coalescer = NodeCoalescer()
         self.flushers = {}
         self.connections = 0
@@ -214,10 +222,14 @@ class NomadEventSource:
             query["region"] = self.settings["region"]
         return query
 
-    async def _flush_later(self, node_id):
+    async def _flush_later(self, key):
         await asyncio.sleep(self.window)
-        self.flushers.pop(node_id, None)
-        await self.queue.put(self.coalescer.take(node_id))
+        self.flushers.pop(key, None)
+        if not self.group:
+            await self.queue.put(self.coalescer.take(key))
+            return
+        nodes = [self.coalescer.take(node_id)["nomad"] for node_id in list(self.coalescer.pending)]
+        await self.queue.put({"nomad_nodes": nodes})
 
     def handle_frame(self, frame):
         """Apply one decoded frame (a heartbeat ``{}`` does nothing)."""
@@ -229,8 +241,9 @@ class NomadEventSource:
                 continue
             alloc = (event.get("Payload") or {}).get("Allocation") or {}
             node_id = self.coalescer.add(event.get("Index", index), alloc)
-            if node_id and node_id not in self.flushers:
-                self.flushers[node_id] = asyncio.ensure_future(self._flush_later(node_id))
+            key = "*" if self.group else node_id
+            if node_id and key not in self.flushers:
+                self.flushers[key] = asyncio.ensure_future(self._flush_later(key))
         # Resume after this index: Nomad's ``index`` starts at the first item >= it.
         self.index = max(self.index, index + 1)
 

@@ -165,6 +165,16 @@ def test_burst_on_one_node_is_one_event_with_name_and_id(make_server):
     assert server.requests[0]["query"]["namespace"] == ["*"]
 
 
+def test_group_gives_one_event_for_the_nodes_of_a_window(make_server):
+    server = make_server([[alloc_frame(10, "a1", "n1", "running"),
+                           alloc_frame(11, "b1", "n2", "running"),
+                           alloc_frame(12, "b2", "n2", "running")]])
+    events = run_source(server, 1, args={"group": True})
+    assert len(events) == 1
+    assert [(n["node_name"], n["started"]) for n in events[0]["nomad_nodes"]] == [
+        ("n1", ["a1"]), ("n2", ["b1", "b2"])]
+
+
 def test_reconnect_resumes_and_index_restart_repeats_nothing(make_server):
     buffered = [alloc_frame(10, "a1", "n1", "running"), alloc_frame(11, "b1", "n2", "running")]
     server = make_server([
