@@ -31,7 +31,13 @@ prepare()
 
 from tests.lab.lab import Lab  # noqa: E402
 from tests.lab.scenarios import netreap_labels  # noqa: E402
-from tests.lab_tests.test_rulebook import JAVA_HOME, endpoint_for, endpoint_labels, frame  # noqa: E402
+from tests.lab_tests.test_rulebook import (  # noqa: E402
+    JAVA_HOME,
+    endpoint_for,
+    endpoint_labels,
+    frame,
+    stop_process,
+)
 from tests.unit.extensions.eda.test_eda_nomad_events import StreamServer  # noqa: E402
 
 
@@ -51,7 +57,7 @@ def reap_timer_worst_case():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description="Label latency with the rulebook on the lab.")
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--sizes", default="1,10,100")
     parser.add_argument("--group", action="store_true",
@@ -131,11 +137,7 @@ def main():
         print("reap timer (reaper role defaults, OnCalendar %s + randomized delay): worst case "
               "%d s before reap.yml starts, plus its run" % (calendar, worst))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
         stream.close()
         lab.stop()

@@ -375,3 +375,13 @@ def pick(params, name, env, env_name, default=None, convert=None):
         except ValueError as exc:
             raise ValueError("environment variable %s: %s" % (env_name, to_text(exc)))
     return default
+
+
+def settings_tls_context(settings):
+    """The TLS context for resolved connection settings (``*_settings()``), None for plain HTTP
+    or a unix socket; for clients other than HttpClient (the event sources)."""
+    if settings.get("unix_socket") or not settings["base_url"].startswith("https://"):
+        return None
+    return build_tls_context(settings["validate_certs"], settings["ca_file"], settings["ca_path"],
+                             settings["client_cert"], settings["client_key"],
+                             settings["tls_server_name"])

@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from tests.lab_tests.test_rulebook import stop_process
 from tests.unit.extensions.eda.test_eda_nomad_events import load_plugin
 
 NOMAD_BIN = os.environ.get("NOMAD_BIN")
@@ -62,11 +63,7 @@ def nomad_agent(tmp_path):
             tmp_path / "agent.log").read_text()[-3000:]
         yield address, nodes[0]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

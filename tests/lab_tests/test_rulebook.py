@@ -50,6 +50,15 @@ def wait_for(check, timeout):
     return False
 
 
+def stop_process(proc):
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def endpoint_for(node, alloc_id):
     for endpoint in node.cilium.endpoints():
         if (endpoint.get("status") or {}).get("external-identifiers", {}).get(
@@ -102,11 +111,7 @@ def test_rulebook_labels_a_new_allocation_and_removes_a_leaked_endpoint(lab_fact
         assert len(other.cilium.endpoints()) == others_before
         assert ("[%s]" % other.name) not in text
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
         stopped.set()
         stream.close()

@@ -112,7 +112,7 @@ if _ROOT not in sys.path and os.path.isdir(os.path.join(_ROOT, "ansible_collecti
 import aiohttp  # noqa: E402  (ansible-rulebook's own dependency)
 
 from ansible_collections.netreap.cilium.plugins.module_utils._http import (  # noqa: E402
-    build_tls_context,
+    settings_tls_context,
 )
 from ansible_collections.netreap.cilium.plugins.module_utils._nomad import (  # noqa: E402
     nomad_settings,
@@ -205,14 +205,9 @@ class NomadEventSource:
         self.connections = 0
 
     def _connector(self):
-        s = self.settings
-        if s["unix_socket"]:
-            return aiohttp.UnixConnector(path=s["unix_socket"])
-        ssl_arg = None
-        if s["base_url"].startswith("https://"):
-            ssl_arg = build_tls_context(s["validate_certs"], s["ca_file"], s["ca_path"],
-                                        s["client_cert"], s["client_key"], s["tls_server_name"])
-        return aiohttp.TCPConnector(ssl=ssl_arg)
+        if self.settings["unix_socket"]:
+            return aiohttp.UnixConnector(path=self.settings["unix_socket"])
+        return aiohttp.TCPConnector(ssl=settings_tls_context(self.settings))
 
     def _query(self):
         query = {"topic": "Allocation", "namespace": self.namespace}
@@ -301,12 +296,3 @@ def _describe(exc):
 async def main(queue, args):
     """Entry point of ansible-rulebook."""
     await NomadEventSource(queue, args).run()
-
-
-if __name__ == "__main__":
-
-    class _PrintQueue:
-        async def put(self, event):
-            print(json.dumps(event), flush=True)
-
-    asyncio.run(main(_PrintQueue(), {}))

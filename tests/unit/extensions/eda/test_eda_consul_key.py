@@ -2,25 +2,14 @@
 
 import asyncio
 import base64
-import http.server
-import importlib.util
 import json
 import logging
-import pathlib
-import threading
 import time
 from urllib.parse import parse_qs, urlsplit
 
-PLUGIN = (pathlib.Path(__file__).resolve().parents[4] / "extensions" / "eda" / "plugins"
-          / "event_source" / "consul_key.py")
+from tests.unit.extensions.eda.test_eda_nomad_events import QuietHandler, load_plugin, serve
+
 TOKEN = "b0b-consul-token-never-shown"
-
-
-def load_plugin():
-    spec = importlib.util.spec_from_file_location("consul_key_under_test", PLUGIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class KvServer:
@@ -31,12 +20,7 @@ class KvServer:
         self.requests = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 parts = urlsplit(self.path)
                 server.requests.append({"path": parts.path, "query": parse_qs(parts.query),
@@ -58,14 +42,11 @@ class KvServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.address = "http://127.0.0.1:%d" % self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.address = serve(Handler)
 
 
 def run_source(server, args=None, settle=1.5):
-    plugin = load_plugin()
+    plugin = load_plugin("consul_key")
     events = []
 
     class Queue:

@@ -18,13 +18,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-PLUGIN = (pathlib.Path(__file__).resolve().parents[4] / "extensions" / "eda" / "plugins"
-          / "event_source" / "nomad_events.py")
+SOURCES = pathlib.Path(__file__).resolve().parents[4] / "extensions" / "eda" / "plugins" / "event_source"
 TOKEN = "5e3c7a1e-token-never-shown"
 
 
-def load_plugin():
-    spec = importlib.util.spec_from_file_location("nomad_events_under_test", PLUGIN)
+def load_plugin(name="nomad_events"):
+    """Load an event source by path, as ansible-rulebook does."""
+    spec = importlib.util.spec_from_file_location(name + "_under_test", SOURCES / (name + ".py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -37,6 +37,21 @@ def alloc_frame(index, alloc_id, node, status, namespace="default"):
         "Payload": {"Allocation": {"ID": alloc_id, "NodeID": "id-" + node, "NodeName": node,
                                    "Namespace": namespace, "ClientStatus": status,
                                    "DesiredStatus": "run"}}}]}
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(handler):
+    """Serve ``handler`` on a free loopback port in a thread; returns (server, base URL)."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, "http://127.0.0.1:%d" % httpd.server_address[1]
 
 
 class StreamServer:
@@ -52,12 +67,7 @@ class StreamServer:
         self.requests = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 query = parse_qs(urlsplit(self.path).query)
                 server.requests.append({"path": urlsplit(self.path).path, "query": query,
@@ -91,10 +101,7 @@ class StreamServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.address = "http://127.0.0.1:%d" % self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.address = serve(Handler)
 
     def close(self):
         self.httpd.shutdown()
