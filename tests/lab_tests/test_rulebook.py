@@ -3,12 +3,14 @@
 An allocation starts on a lab node (Nomad knows it, the node's agent has its endpoint with only
 ``reserved:init``, as after cilium-cni's ADD) and Nomad's event stream reports it running: the
 endpoint must carry its Nomad labels within seconds. The allocation then completes and its
-endpoint stays behind (a failed CNI DEL): the stream reports it and the endpoint must go.
+endpoint stays behind (a failed CNI DEL): the stream reports it and the endpoint must go. Then a
+new policy published to Consul must reach every node's agent.
 
 The event stream is served by the stream server of the source's unit tests, with frames made
 from the lab's own allocations (docs/upstream.md#nomad-event-stream).
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +21,8 @@ import time
 import pytest
 import yaml
 
-from tests.lab.scenarios import netreap_labels
+from tests.lab.scenarios import POLICY_KEY, POLICY_V2, netreap_labels
+from tests.lab_tests.test_cilium_policy import our_names
 from tests.unit.extensions.eda.test_eda_nomad_events import StreamServer
 
 BIN = os.path.dirname(sys.executable)
@@ -110,6 +113,13 @@ def test_rulebook_labels_a_new_allocation_and_removes_a_leaked_endpoint(lab_fact
         # Only the event's node was touched.
         assert len(other.cilium.endpoints()) == others_before
         assert ("[%s]" % other.name) not in text
+
+        # A new policy published to Consul reaches every node's agent.
+        lab.consul.kv_put(POLICY_KEY, json.dumps(POLICY_V2))
+        applied = wait_for(lambda: all(our_names(n.cilium.policy_rules()) == {
+            "web-ingress", "cache-from-web"} for n in lab.nodes), 60)
+        text = (tmp_path / "rulebook.log").read_text()
+        assert applied, "policy not applied on every node:\n" + text[-4000:]
     finally:
         stop_process(proc)
         log.close()
