@@ -20,6 +20,15 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# ansible-rulebook (tests/requirements.txt) runs its rule engine on a Java 17 runtime: Debian's
+# OpenJDK, installed as root when no Java 17 is there yet.
+if [ ! -x /usr/lib/jvm/java-17-openjdk-amd64/bin/java ] && command -v apt-get >/dev/null \
+    && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+         apt-get install -y -q openjdk-17-jre-headless >/dev/null; }
+fi
+
 # ansible-test --venv bootstraps pip with get-pip.py from a host we cannot reach; it uses a cached
 # copy when present, so provide one that installs pip from the interpreter's own ensurepip.
 PIP_VER=$(sed -n "s/.*pip='\([0-9.]*\)'.*/\1/p" .venv/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | head -n1)

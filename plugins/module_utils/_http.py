@@ -350,3 +350,13 @@ class HttpClient:
         except (ValueError, UnicodeError) as exc:
             raise ServiceError(self.service, method, self.url_for(path, query), status=resp.status,
                                body=resp.text()[:BODY_EXCERPT], kind="decode", reason=to_text(exc))
+
+
+def settings_tls_context(settings):
+    """The TLS context for resolved connection settings (``*_settings()``), None for plain HTTP
+    or a unix socket; for clients other than HttpClient (the event sources)."""
+    if settings.get("unix_socket") or not settings["base_url"].startswith("https://"):
+        return None
+    return build_tls_context(settings["validate_certs"], settings["ca_file"], settings["ca_path"],
+                             settings["client_cert"], settings["client_key"],
+                             settings["tls_server_name"])
