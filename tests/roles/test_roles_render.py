@@ -1,6 +1,7 @@
 """Fast checks of the node roles without a container (the systemd scenario is tests/roles/run.sh).
 
 * every role's meta/argument_specs.yml mirrors its defaults/main.yml, and ansible-doc renders it;
+* what a role sets for itself is named __<role>_..., and no variable defaults to another one;
 * the roles render on this host under a temporary prefix (``*_manage`` switches off), and the
   units they write pass ``systemd-analyze verify`` in a --root with stub executables;
 * the agent flags follow the Cilium version and the Hubble settings; tokens stay out of the unit and
@@ -20,7 +21,8 @@ import sys
 import pytest
 import yaml
 
-from tests.support.roles import ansible_env, local_hosts, make_verify_root, node_play, playbook, render_vars
+from tests.support.roles import (ansible_env, default_doubles, local_hosts, make_verify_root, node_play, playbook,
+                                 render_vars, role_public_names, role_set_names, unprefixed_internals)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROLES = ["kernel_modules", "bpffs", "cni", "agent", "node"]
@@ -32,7 +34,7 @@ def agent_play(variables):
     return [{"name": "Agent preflight", "hosts": "cilium_nodes", "gather_facts": False, "vars": variables,
              "roles": [{"role": "netreap.cilium.agent"}],
              "post_tasks": [{"name": "Show the range", "ansible.builtin.debug": {
-                 "msg": "RANGE {{ inventory_hostname }} {{ agent_ipv4_range_effective }}"}}]}]
+                 "msg": "RANGE {{ inventory_hostname }} {{ __agent_ipv4_range }}"}}]}]
 
 
 # --- specs and docs ------------------------------------------------------------------------------
@@ -61,6 +63,56 @@ def test_ansible_doc_renders_role(role):
     with open(os.path.join(ROOT, "roles", role, "defaults", "main.yml")) as handle:
         for name in yaml.safe_load(handle):
             assert name in proc.stdout
+
+
+# --- names --------------------------------------------------------------------------------------
+
+ROLES_DIR = os.path.join(ROOT, "roles")
+VOCABULARY = tuple(name + "_" for name in os.listdir(ROLES_DIR)) + ("cilium_", "netreap_")
+
+
+def test_role_internals_carry_the_role_prefix():
+    """What a role sets for itself (vars/main.yml, register, set_fact, task vars, loop_var) is
+    __<role>_...: an inventory variable cannot collide with it, and the public names are exactly
+    the documented ones."""
+    public = role_public_names(ROLES_DIR)
+    internals = [entry for entry in role_set_names(ROLES_DIR) if entry[3] not in public]
+    assert {kind for _role, _file, kind, _name in internals} == {"register", "set_fact", "vars", "loop_var"}
+    assert unprefixed_internals(ROLES_DIR) == []
+
+
+def test_no_variable_defaults_to_another():
+    """One name per thing: a role variable's default lives in defaults/main.yml (mirrored in
+    meta/argument_specs.yml), never in a ``x | default(y)`` fallback to a second name."""
+    assert default_doubles(ROLES_DIR, VOCABULARY) == []
+
+
+def test_the_name_checks_find_what_they_look_for(tmp_path):
+    role = tmp_path / "demo"
+    for folder, content in {
+        "defaults": {"demo_public": 1},
+        "vars": {"demo_derived": 2, "__demo_fine": 3},
+        "tasks": [
+            {"name": "Stat", "ansible.builtin.stat": {"path": "/"}, "register": "stat_result"},
+            {"name": "Block", "block": [{"name": "Fact", "ansible.builtin.set_fact": {
+                "cacheable": True, "__demo_fact": 1, "half": 2}}],
+             "rescue": [{"name": "Show", "ansible.builtin.debug": {"msg": "{{ demo_public | default(demo_other) }}"},
+                         "vars": {"demo_public": 5, "_demo_single": 1}, "loop": [1],
+                         "loop_control": {"loop_var": "demo_item"}}]},
+            {"name": "Fine", "ansible.builtin.debug": {"msg": "{{ x | default(omit) }} {{ y | d(ansible_host, true) }}"}},
+        ],
+    }.items():
+        (role / folder).mkdir(parents=True)
+        (role / folder / "main.yml").write_text(yaml.safe_dump(content, sort_keys=False))
+    assert unprefixed_internals(str(tmp_path)) == [
+        "demo/tasks/main.yml: register stat_result should be __demo_...",
+        "demo/tasks/main.yml: set_fact half should be __demo_...",
+        "demo/tasks/main.yml: vars _demo_single should be __demo_...",
+        "demo/tasks/main.yml: loop_var demo_item should be __demo_...",
+        "demo/vars/main.yml: vars demo_derived should be __demo_...",
+    ]
+    doubles = default_doubles(str(tmp_path), ("demo_",))
+    assert len(doubles) == 1 and doubles[0].startswith("demo/tasks/main.yml:") and "default(demo_other)" in doubles[0]
 
 
 # --- rendering + systemd-analyze verify ----------------------------------------------------------

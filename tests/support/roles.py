@@ -1,7 +1,9 @@
 """Converge the collection's roles on this host with ansible-playbook, under a temporary prefix
-with the service switches off: inventories, plays, variables and stub executables."""
+with the service switches off: inventories, plays, variables and stub executables; and read the
+names the roles set and default, for the checks of their naming rules."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,3 +143,95 @@ def make_stub(root):
                     "echo $! > \"$STUB_RECORD.child\"\n")
     stub.chmod(0o755)
     return stub
+
+
+# --- names inside the roles ---------------------------------------------------------------------
+
+SET_FACT = ("ansible.builtin.set_fact", "set_fact")
+
+
+def _task_names(tasks):
+    """(kind, name) of every variable a task list sets: register, set_fact, vars, loop_var."""
+    for task in tasks or []:
+        if not isinstance(task, dict):
+            continue
+        if "register" in task:
+            yield "register", task["register"]
+        for key in SET_FACT:
+            if isinstance(task.get(key), dict):
+                yield from (("set_fact", name) for name in task[key] if name != "cacheable")
+        if isinstance(task.get("vars"), dict):
+            yield from (("vars", name) for name in task["vars"])
+        loop_var = (task.get("loop_control") or {}).get("loop_var")
+        if loop_var:
+            yield "loop_var", loop_var
+        for key in ("block", "rescue", "always"):
+            yield from _task_names(task.get(key))
+
+
+def _load(path):
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def role_public_names(roles_dir):
+    """The variables users set: every role's defaults and documented options."""
+    names = set()
+    for role in sorted(os.listdir(roles_dir)):
+        defaults = os.path.join(roles_dir, role, "defaults", "main.yml")
+        specs = os.path.join(roles_dir, role, "meta", "argument_specs.yml")
+        if os.path.exists(defaults):
+            names.update(_load(defaults) or {})
+        if os.path.exists(specs):
+            for spec in (_load(specs) or {}).get("argument_specs", {}).values():
+                names.update(spec.get("options", {}))
+    return names
+
+
+def role_set_names(roles_dir):
+    """(role, file, kind, name) of every variable the roles set themselves: vars/main.yml, and
+    register, set_fact, vars and loop_var in their tasks and handlers."""
+    found = []
+    for role in sorted(os.listdir(roles_dir)):
+        base = os.path.join(roles_dir, role)
+        for folder in ("tasks", "handlers"):
+            directory = os.path.join(base, folder)
+            for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+                if name.endswith((".yml", ".yaml")):
+                    rel = folder + "/" + name
+                    found.extend((role, rel, kind, var) for kind, var in _task_names(_load(os.path.join(directory, name))))
+        variables = os.path.join(base, "vars", "main.yml")
+        if os.path.exists(variables):
+            found.extend((role, "vars/main.yml", "vars", var) for var in _load(variables) or {})
+    return found
+
+
+def unprefixed_internals(roles_dir):
+    """Internal variables (set by a role, not one of the roles' public variables) whose name does
+    not start with ``__<role>_``, as readable lines."""
+    public = role_public_names(roles_dir)
+    return ["%s/%s: %s %s should be __%s_..." % (role, rel, kind, name, role)
+            for role, rel, kind, name in role_set_names(roles_dir)
+            if name not in public and not name.startswith("__%s_" % role)]
+
+
+# A default() whose fallback is another variable of the collection's vocabulary: one thing under
+# two names. Ansible's own variables (ansible_*, groups, ...) and omit are not vocabulary.
+DEFAULT_TO_NAME = re.compile(r"\|\s*(?:default|d)\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*[,)]")
+
+
+def default_doubles(roles_dir, prefixes):
+    """``file:line: text`` of every ``x | default(y)`` in the roles where y is a vocabulary name
+    (starting with one of ``prefixes``)."""
+    found = []
+    for top, _dirs, files in sorted(os.walk(roles_dir)):
+        for name in sorted(files):
+            if not name.endswith((".yml", ".yaml", ".j2")):
+                continue
+            path = os.path.join(top, name)
+            with open(path, encoding="utf-8") as handle:
+                for lineno, line in enumerate(handle, 1):
+                    for match in DEFAULT_TO_NAME.finditer(line):
+                        if match.group(1).lstrip("_").startswith(prefixes):
+                            found.append("%s:%d: %s" % (os.path.relpath(path, roles_dir), lineno, line.strip()))
+    return found
