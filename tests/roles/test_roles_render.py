@@ -345,6 +345,16 @@ def test_plan_gives_each_node_its_own_range(tmp_path):
     assert "RANGE node-c 10.210.4.128/25" in out
 
 
+def test_preflight_refuses_a_plan_without_room_for_the_node(tmp_path):
+    """netreap.cilium.ipv4_subnet's message reaches the user: which range, how many nodes it fits."""
+    inventory = local_hosts("node-a", "node-b", **{"node-b": {"agent_ipv4_node_index": 2}})
+    variables = render_vars(tmp_path, agent_ipv4_cluster_cidr="10.200.0.0/24", agent_ipv4_node_prefix=25)
+    rc, out = playbook(tmp_path, agent_play(variables), inventory, "--check")
+    assert rc != 0
+    assert "index 2 is outside 10.200.0.0/24, which has room for 2 /25 subnets (index 0 to 1)" in out
+    assert "RANGE node-a 10.200.0.0/25" in out
+
+
 def test_preflight_refuses_consul_on_1_17(tmp_path):
     variables = render_vars(tmp_path, cilium_version="1.17.3", agent_kvstore="consul")
     rc, out = playbook(tmp_path, agent_play(variables), local_hosts("node1"), "--check")
