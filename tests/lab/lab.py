@@ -172,8 +172,11 @@ class Lab:
 
     def _add_node(self, index, sock_dir):
         name = "nomad-client-%d" % index
-        ip = "192.0.2.%d" % (index % 250 + 1)  # TEST-NET-1: data only, never contacted
-        ipv4_range = "10.200.%d.0/24" % (index % 250)  # each agent its own --ipv4-range
+        # Data only, never contacted: TEST-NET-1 for the first 249 nodes, then the benchmarking
+        # range 198.18.0.0/15, so that every node of a large lab has an address of its own.
+        block, rest = divmod(index, 250)
+        ip = "192.0.2.%d" % (rest + 1) if block == 0 else "198.18.%d.%d" % (block, rest + 1)
+        ipv4_range = "10.%d.%d.0/24" % (200 + block, rest)  # each agent its own --ipv4-range
         node = self.nomad.add_node(name, address=ip, attributes={
             "plugins.cni.version.cilium-cni": self.profile["full_version"]})
         agent_endpoint = self._serve(self.nomad.client_agent(node["ID"]))
