@@ -165,8 +165,8 @@ def main():
         try:
             for unused in range(args.converge_runs):
                 run_reap(lab, args.forks[0], args.strategy[0], args.pipelining[0])
-            for forks, strategy, pipelining in itertools.product(args.forks, args.strategy,
-                                                                  args.pipelining):
+            combinations = itertools.product(args.forks, args.strategy, args.pipelining)
+            for forks, strategy, pipelining in combinations:
                 before = load()
                 result = run_reap(lab, forks, strategy, pipelining)
                 per_node = sum(v for k, v in result["counts"].items()
