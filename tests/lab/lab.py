@@ -172,8 +172,11 @@ class Lab:
 
     def _add_node(self, index, sock_dir):
         name = "nomad-client-%d" % index
-        ip = "192.0.2.%d" % (index % 250 + 1)  # TEST-NET-1: data only, never contacted
-        ipv4_range = "10.200.%d.0/24" % (index % 250)  # each agent its own --ipv4-range
+        # Data only, never contacted: TEST-NET-1 for the first 249 nodes, then the benchmarking
+        # range 198.18.0.0/15, so that every node of a large lab has an address of its own.
+        block, rest = divmod(index, 250)
+        ip = "192.0.2.%d" % (rest + 1) if block == 0 else "198.18.%d.%d" % (block, rest + 1)
+        ipv4_range = "10.%d.%d.0/24" % (200 + block, rest)  # each agent its own --ipv4-range
         node = self.nomad.add_node(name, address=ip, attributes={
             "plugins.cni.version.cilium-cni": self.profile["full_version"]})
         agent_endpoint = self._serve(self.nomad.client_agent(node["ID"]))
@@ -284,8 +287,8 @@ class Lab:
             if n.static_policy_dir:
                 host["cilium_static_policy_dir"] = n.static_policy_dir
             hosts[n.name] = host
+        # the playbooks' variables: a connection option's own name (playbooks/vars/connections.yml)
         group_vars = {"consul_address": self.consul_endpoint.url,
-                      "nomad_cluster_address": self.nomad_endpoint.url,
                       "netreap_kvstore": self.kvstore_type, "cilium_cluster_name": self.cluster_name}
         if self.etcd is not None:
             group_vars["etcd_endpoints"] = [self.etcd.url]
@@ -293,14 +296,15 @@ class Lab:
             # reap.yml's TLS variables (lab.env carries the same as the CLIs' variables)
             ca, cert, key = self.tls_server.ca, self.tls_client.cert, self.tls_client.key
             for service in ("consul", "nomad", "etcd"):
-                group_vars.update({"netreap_%s_ca_cert" % service: ca,
-                                   "netreap_%s_client_cert" % service: cert,
-                                   "netreap_%s_client_key" % service: key})
+                group_vars.update({"%s_ca_cert" % service: ca, "%s_client_cert" % service: cert,
+                                   "%s_client_key" % service: key})
+        # a node's nomad_address is its own client agent; the reaper's, the cluster's API
+        reaper_vars = dict(group_vars, nomad_address=self.nomad_endpoint.url)
         return {"all": {"children": {
             "cilium_nodes": {"hosts": hosts, "vars": group_vars},
             "reaper": {"hosts": {"reaper-controller": {
                 "ansible_connection": "local", "ansible_python_interpreter": self.python}},
-                "vars": group_vars},
+                "vars": reaper_vars},
         }}}
 
     def write_files(self):

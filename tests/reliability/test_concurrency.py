@@ -62,7 +62,7 @@ def test_two_reap_runs_started_together_collect_each_key_once(lab_factory, profi
     extra = list(FAST_GC) + ["--tags", "netreap_gc"]
     if kvstore == "etcd":
         # through the fault proxy, so that the write transactions can be slowed down
-        extra += ["-e", json.dumps({"netreap_etcd_endpoints": [etcd_front(lab).url]})]
+        extra += ["-e", json.dumps({"etcd_endpoints": [etcd_front(lab).url]})]
         etcd_front(lab).faults.add(httpd.Fault(action="delay", delay=1.0, path="^/v3/kv/txn", count=None))
     else:
         lab.consul.faults.add(httpd.Fault(action="delay", delay=1.0, method="PUT", path="^/v1/txn",

@@ -143,7 +143,7 @@ def test_reap_playbook_never_shows_a_token(sec_lab, tmp_path, via):
     tokens = sec_tokens(sec_lab)
     extra = dict(FAST_GC_VARS)
     if via == "options":
-        extra.update(netreap_consul_token=tokens[0], netreap_nomad_token=tokens[1])
+        extra.update(consul_token=tokens[0], nomad_token=tokens[1])
     variables = tmp_path / "vars.json"
     variables.write_text(json.dumps(extra))
     rc, out = sec_playbook(tmp_path, "netreap.cilium.reap", os.path.join(sec_lab.state_dir, "inventory.yml"),

@@ -149,8 +149,11 @@ def test_secret_inputs_are_marked_secret_and_all_inputs_are_injected(credential_
 
 def test_injected_names_match_what_the_collection_reads(credential_type):
     """Env names are the ones the collection's clients and the inventory plugin read; extra
-    variables carry a netreap_ prefix (they outrank every other variable, so they must not
-    take a name a host or group already uses, like nomad_address)."""
+    variables are the playbooks' own connection variables (playbooks/vars/connections.yml), and
+    never one a host sets for itself (they outrank every other variable: an extra variable
+    nomad_address would replace every node's local agent)."""
+    with open(os.path.join(ROOT, "playbooks", "vars", "connections.yml")) as handle:
+        playbook_variables = {name for options in yaml.safe_load(handle).values() for name in options}
     sources = []
     for folder in ("plugins/module_utils", "plugins/inventory"):
         for name in os.listdir(os.path.join(ROOT, folder)):
@@ -161,7 +164,8 @@ def test_injected_names_match_what_the_collection_reads(credential_type):
     for name in credential_type["injectors"]["env"]:
         assert '"%s"' % name in code, "%s is not read by netreap.cilium" % name
     for name in credential_type["injectors"]["extra_vars"]:
-        assert name.startswith("netreap_")
+        assert name in playbook_variables
+        assert name not in ("nomad_address", "cilium_socket", "cilium_static_policy_dir", "nomad_node_id")
     # every token and password also reaches the extra variables: env does not travel to the nodes
     # (PEM inputs become files in the execution environment, for the controller side only)
     extra = " ".join(credential_type["injectors"]["extra_vars"].values())
@@ -194,7 +198,7 @@ NOT_INJECTED = {
     "nomad_timeout": "not a credential",
     "etcd_config": "a file on the node, written by the agent role",
     "etcd_validate_certs": "verification stays on; give the CA instead",
-    "etcd_tls_server_name": "no environment variable; set netreap_etcd_tls_server_name as an extra variable",
+    "etcd_tls_server_name": "no environment variable; set etcd_tls_server_name as an extra variable",
     "etcd_timeout": "not a credential",
 }
 
