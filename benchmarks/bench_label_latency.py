@@ -31,14 +31,23 @@ prepare()
 
 from tests.lab.lab import Lab  # noqa: E402
 from tests.lab.scenarios import netreap_labels  # noqa: E402
-from tests.lab_tests.test_rulebook import (  # noqa: E402
+from tests.support.eda import (  # noqa: E402
     JAVA_HOME,
+    StreamServer,
     endpoint_for,
     endpoint_labels,
-    frame,
     stop_process,
 )
-from tests.unit.extensions.eda.test_eda_nomad_events import StreamServer  # noqa: E402
+
+
+def frame(index, alloc, node, status):
+    payload = {"ID": alloc["ID"], "NodeID": node.node_id, "NodeName": node.name,
+               "Namespace": alloc["Namespace"], "JobID": alloc["JobID"],
+               "TaskGroup": alloc["TaskGroup"], "ClientStatus": status, "DesiredStatus": "run"}
+    return {"Index": index, "Events": [{
+        "Topic": "Allocation", "Type": "AllocationUpdated", "Key": alloc["ID"],
+        "Namespace": alloc["Namespace"], "FilterKeys": [alloc["JobID"], ""], "Index": index,
+        "Payload": {"Allocation": payload}}]}
 
 
 def percentile(values, fraction):

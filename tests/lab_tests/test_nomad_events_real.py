@@ -14,8 +14,7 @@ import urllib.request
 
 import pytest
 
-from tests.lab_tests.test_rulebook import stop_process
-from tests.unit.extensions.eda.test_eda_nomad_events import load_plugin
+from tests.support.eda import load_plugin, stop_process
 
 NOMAD_BIN = os.environ.get("NOMAD_BIN")
 

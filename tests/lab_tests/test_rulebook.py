@@ -16,22 +16,38 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import yaml
 
 from tests.lab.scenarios import POLICY_KEY, POLICY_V2, netreap_labels
-from tests.lab_tests.test_cilium_policy import our_names
-from tests.unit.extensions.eda.test_eda_nomad_events import StreamServer
+from tests.support.eda import (
+    JAVA_HOME,
+    RULEBOOK,
+    StreamServer,
+    endpoint_for,
+    endpoint_labels,
+    rulebook_missing,
+    stop_process,
+    wait_for,
+)
 
 BIN = os.path.dirname(sys.executable)
-JAVA_HOME = os.environ.get("JAVA_HOME") or "/usr/lib/jvm/java-17-openjdk-amd64"
-RULEBOOK = os.path.join(BIN, "ansible-rulebook")
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(RULEBOOK) or not os.path.exists(os.path.join(JAVA_HOME, "bin", "java")),
-    reason="ansible-rulebook or Java 17 missing (scripts/setup.sh installs both)")
+pytestmark = pytest.mark.skipif(bool(rulebook_missing()), reason=rulebook_missing())
+
+
+def rule_names(rules):
+    """Names of the rules of a published policy an agent runs (REST: ``name`` label; static
+    policy directory: the file ``netreap-<name>.yaml``)."""
+    names = set()
+    for rule in rules:
+        for label in rule.get("labels", []):
+            if label.get("key") == "name":
+                names.add(label.get("value"))
+            elif label.get("key") == "filename" and label.get("value", "").startswith("netreap-"):
+                names.add(label["value"][len("netreap-"):-len(".yaml")])
+    return names
 
 
 def frame(index, alloc, node, status):
@@ -42,37 +58,6 @@ def frame(index, alloc, node, status):
         "Topic": "Allocation", "Type": "AllocationUpdated", "Key": alloc["ID"],
         "Namespace": alloc["Namespace"], "FilterKeys": [alloc["JobID"], ""], "Index": index,
         "Payload": {"Allocation": payload}}]}
-
-
-def wait_for(check, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def stop_process(proc):
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def endpoint_for(node, alloc_id):
-    for endpoint in node.cilium.endpoints():
-        if (endpoint.get("status") or {}).get("external-identifiers", {}).get(
-                "container-id") == alloc_id:
-            return endpoint
-    return None
-
-
-def endpoint_labels(endpoint):
-    labels = ((endpoint.get("status") or {}).get("labels") or {})
-    return set(labels.get("security-relevant") or labels.get("realized", {}).get("user") or [])
 
 
 def test_rulebook_labels_a_new_allocation_and_removes_a_leaked_endpoint(lab_factory, tmp_path):
@@ -116,7 +101,7 @@ def test_rulebook_labels_a_new_allocation_and_removes_a_leaked_endpoint(lab_fact
 
         # A new policy published to Consul reaches every node's agent.
         lab.consul.kv_put(POLICY_KEY, json.dumps(POLICY_V2))
-        applied = wait_for(lambda: all(our_names(n.cilium.policy_rules()) == {
+        applied = wait_for(lambda: all(rule_names(n.cilium.policy_rules()) == {
             "web-ingress", "cache-from-web"} for n in lab.nodes), 60)
         text = (tmp_path / "rulebook.log").read_text()
         assert applied, "policy not applied on every node:\n" + text[-4000:]

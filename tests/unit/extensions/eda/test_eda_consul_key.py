@@ -7,7 +7,7 @@ import logging
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from tests.unit.extensions.eda.test_eda_nomad_events import QuietHandler, load_plugin, serve
+from tests.support.eda import QuietHandler, load_plugin, serve
 
 TOKEN = "b0b-consul-token-never-shown"
 

@@ -6,28 +6,15 @@ answered from the oldest buffered item.
 """
 
 import asyncio
-import http.server
-import importlib.util
-import itertools
 import json
 import logging
-import pathlib
-import threading
 import time
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-SOURCES = pathlib.Path(__file__).resolve().parents[4] / "extensions" / "eda" / "plugins" / "event_source"
+from tests.support.eda import StreamServer, load_plugin
+
 TOKEN = "5e3c7a1e-token-never-shown"
-
-
-def load_plugin(name="nomad_events"):
-    """Load an event source by path, as ansible-rulebook does."""
-    spec = importlib.util.spec_from_file_location(name + "_under_test", SOURCES / (name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def alloc_frame(index, alloc_id, node, status, namespace="default"):
@@ -37,75 +24,6 @@ def alloc_frame(index, alloc_id, node, status, namespace="default"):
         "Payload": {"Allocation": {"ID": alloc_id, "NodeID": "id-" + node, "NodeName": node,
                                    "Namespace": namespace, "ClientStatus": status,
                                    "DesiredStatus": "run"}}}]}
-
-
-class QuietHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-
-def serve(handler):
-    """Serve ``handler`` on a free loopback port in a thread; returns (server, base URL)."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, "http://127.0.0.1:%d" % httpd.server_address[1]
-
-
-class StreamServer:
-    """Each connection plays the next script: a list of frames, ``"close"``, ``("sleep", s)`` or
-    ``("wait", callable)``.
-
-    A script may also be a callable of the requested index returning such a list (or any
-    iterable: a generator feeds frames as they come).
-    """
-
-    def __init__(self, scripts):
-        self.scripts = list(scripts)
-        self.requests = []
-        server = self
-
-        class Handler(QuietHandler):
-            def do_GET(self):
-                query = parse_qs(urlsplit(self.path).query)
-                server.requests.append({"path": urlsplit(self.path).path, "query": query,
-                                        "token": self.headers.get("X-Nomad-Token")})
-                script = server.scripts.pop(0) if server.scripts else [("sleep", 30)]
-                if callable(script):
-                    script = script(int(query.get("index", ["0"])[0]))
-                if isinstance(script, list) and script[:1] == ["forbidden"]:
-                    body = b"Permission denied"
-                    self.send_response(403)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                try:
-                    for item in itertools.chain([{}], script):  # a heartbeat first, as Nomad
-                        if item == "close":  # hang up mid-stream
-                            self.close_connection = True
-                            return
-                        if isinstance(item, tuple):  # ("sleep", seconds) or ("wait", callable)
-                            item[1]() if callable(item[1]) else time.sleep(item[1])
-                            continue
-                        for part in (json.dumps(item).encode(), b"\n"):
-                            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-                        self.wfile.flush()
-                    time.sleep(30)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd, self.address = serve(Handler)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class Collect:
