@@ -30,6 +30,9 @@ def _add_lab_options(parser):
     # 2 x HeartbeatWriteInterval (docs/upstream.md#kvstore-heartbeat).
     parser.add_argument("--heartbeat-timeout", type=float, default=120.0,
                         help="seconds without a kvstore heartbeat before etcd agents degrade")
+    # Nomad writes `{}` on its event stream every 30 s (docs/upstream.md#nomad-event-stream-wire).
+    parser.add_argument("--nomad-event-heartbeat", type=float, default=30.0,
+                        help="seconds between two heartbeats of the Nomad event stream")
 
 
 def _kvstore(args):
@@ -52,7 +55,7 @@ def cmd_serve(args):
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     lab = Lab(args.state_dir, nodes=args.nodes, cilium=args.cilium, kvstore=_kvstore(args),
               scenario=args.scenario, acl=args.acl, heartbeat_timeout=args.heartbeat_timeout,
-              tls=args.tls or False)
+              tls=args.tls or False, nomad_event_heartbeat=args.nomad_event_heartbeat)
     lab.start()
     control = httpd.serve_unix(ControlService(lab, stop),
                                os.path.join(lab.state_dir, "control.sock"))
@@ -89,7 +92,8 @@ def cmd_up(args):
             os.unlink(path)
     argv = [sys.executable, "-m", "tests.lab", "serve", "--state-dir", state_dir,
             "--nodes", str(args.nodes), "--cilium", args.cilium, "--kvstore", _kvstore(args),
-            "--scenario", args.scenario, "--heartbeat-timeout", str(args.heartbeat_timeout)]
+            "--scenario", args.scenario, "--heartbeat-timeout", str(args.heartbeat_timeout),
+            "--nomad-event-heartbeat", str(args.nomad_event_heartbeat)]
     if args.acl:
         argv.append("--acl")
     if args.tls:

@@ -61,7 +61,8 @@ class LabNode:
 class Lab:
     def __init__(self, state_dir, nodes=3, cilium="1.16", kvstore="consul", scenario="clean",
                  acl=False, cluster_name="default", heartbeat_timeout=120.0, static_policy=None,
-                 python=None, tls=False, consul="sim", consul_version="1.16.0"):
+                 python=None, tls=False, consul="sim", consul_version="1.16.0",
+                 nomad_event_heartbeat=NomadSim.EVENT_HEARTBEAT):
         if cilium not in PROFILES:
             raise ValueError("unknown Cilium profile %r (have %s)" % (cilium, ", ".join(PROFILES)))
         if kvstore not in ("consul", "etcd"):
@@ -94,6 +95,7 @@ class Lab:
         if consul == "real" and tls:
             raise ValueError("a real Consul lab runs without TLS")
         self.consul_kind = consul
+        self.nomad_event_heartbeat = float(nomad_event_heartbeat)  # seconds between stream `{}`
         self.consul_version = consul_version  # of the simulator
         self.tls_ca = None        # tests/lab/tls.py LabCA
         self.tls_server = None    # CertFiles of the server certificate every listener presents
@@ -134,7 +136,8 @@ class Lab:
         else:
             self.consul = ConsulSim(log=self.log, acl_enabled=self.acl, version=self.consul_version)
             self.consul_endpoint = self._serve(self.consul)
-        self.nomad = NomadSim(log=self.log, acl_enabled=self.acl)
+        self.nomad = NomadSim(log=self.log, acl_enabled=self.acl,
+                              event_heartbeat=self.nomad_event_heartbeat)
         self.nomad_endpoint = self._serve(self.nomad)
         if self.acl:
             self.tokens = {"consul": self.consul.management_token,

@@ -1,17 +1,21 @@
 """What the Event-Driven Ansible tests share: loading an event source by path as ansible-rulebook
 does, a small HTTP server to play Nomad's event stream or Consul's blocking queries to a source,
-ansible-rulebook's location, and waiting for an outcome."""
+a real Nomad dev agent (``NOMAD_BIN``), ansible-rulebook's location, and waiting for an
+outcome."""
 
+import contextlib
 import http.server
 import importlib.util
 import itertools
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
 SOURCES = pathlib.Path(__file__).resolve().parents[2] / "extensions" / "eda" / "plugins" / "event_source"
@@ -148,3 +152,63 @@ def endpoint_labels(endpoint):
     """The identity labels of an endpoint as the agent reports them."""
     labels = ((endpoint.get("status") or {}).get("labels") or {})
     return set(labels.get("security-relevant") or labels.get("realized", {}).get("user") or [])
+
+
+NOMAD_BIN = os.environ.get("NOMAD_BIN")
+NOMAD_SKIP_REASON = "NOMAD_BIN not set (path of a Nomad 1.6.5 binary for the real-agent runs)"
+
+# A service job of one raw_exec task that sleeps (the dev agent enables raw_exec below).
+SLEEP_JOB = {"Job": {"ID": "eda-probe", "Name": "eda-probe", "Type": "service",
+                     "Datacenters": ["*"], "TaskGroups": [{
+                         "Name": "probe", "Count": 1, "Tasks": [{
+                             "Name": "sleep", "Driver": "raw_exec",
+                             "Config": {"command": "/bin/sleep", "args": ["600"]}}]}]}}
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def nomad_api(address, method, path, body=None):
+    """One JSON request to a Nomad HTTP API (no token)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(address + path, data=data, method=method)
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+@contextlib.contextmanager
+def nomad_dev_agent(workdir, event_buffer_size=None):
+    """A real Nomad dev agent (server and client, raw_exec on) on free loopback ports; yields
+    ``(address, node)`` once its node is ready, and stops it afterwards."""
+    http, rpc, serf = free_port(), free_port(), free_port()
+    config = pathlib.Path(workdir) / "agent.hcl"
+    text = ('data_dir = "%s"\nports {\n  http = %d\n  rpc = %d\n  serf = %d\n}\n'
+            'plugin "raw_exec" {\n  config {\n    enabled = true\n  }\n}\n'
+            % (pathlib.Path(workdir) / "data", http, rpc, serf))
+    if event_buffer_size:
+        text += "server {\n  event_buffer_size = %d\n}\n" % event_buffer_size
+    config.write_text(text)
+    log_path = pathlib.Path(workdir) / "agent.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([NOMAD_BIN, "agent", "-dev", "-bind", "127.0.0.1", "-config",
+                                 str(config)], stdout=log, stderr=subprocess.STDOUT)
+    address = "http://127.0.0.1:%d" % http
+    try:
+        nodes = []
+
+        def ready():
+            try:
+                nodes[:] = [n for n in nomad_api(address, "GET", "/v1/nodes")
+                            if n["Status"] == "ready"]
+            except OSError:
+                return False
+            return bool(nodes)
+
+        assert wait_for(ready, 90, 0.5), \
+            "the Nomad dev agent did not become ready:\n" + log_path.read_text()[-3000:]
+        yield address, nodes[0]
+    finally:
+        stop_process(proc)
