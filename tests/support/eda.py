@@ -10,9 +10,11 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -212,3 +214,29 @@ def nomad_dev_agent(workdir, event_buffer_size=None):
         yield address, nodes[0]
     finally:
         stop_process(proc)
+
+
+LAB_CLI = [sys.executable, "-m", "tests.lab"]
+
+
+def lab_cli(*args, timeout=120):
+    """Run ``python -m tests.lab ARGS``; its stdout, stripped (AssertionError when it fails)."""
+    proc = subprocess.run(LAB_CLI + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert proc.returncode == 0, "python -m tests.lab %s: %s%s" % (
+        " ".join(map(str, args)), proc.stdout, proc.stderr)
+    return proc.stdout.strip()
+
+
+@contextlib.contextmanager
+def lab_process(*options):
+    """A lab in its own process (``python -m tests.lab up OPTIONS``), as a user runs it; yields
+    ``(state_dir, lab.json as a dict)`` and takes it down afterwards."""
+    state = tempfile.mkdtemp(prefix="lab-", dir="/tmp")
+    try:
+        lab_cli("up", "--state-dir", state, *options)
+        with open(os.path.join(state, "lab.json")) as handle:
+            yield state, json.load(handle)
+    finally:
+        lab_cli("down", "--state-dir", state)
+        shutil.rmtree(state, ignore_errors=True)
