@@ -100,6 +100,26 @@ def test_group_gives_one_event_for_the_nodes_of_a_window(make_server):
         ("n1", ["a1"]), ("n2", ["b1", "b2"])]
 
 
+def test_a_burst_is_one_event_until_it_pauses_for_the_window(make_server):
+    # Changes 0.2 s apart with a 0.3 s window: one event once the burst pauses.
+    spread = [item for k in range(5) for item in (("sleep", 0.2), alloc_frame(10 + k, "a%d" % k,
+                                                                              "n%d" % k, "running"))]
+    server = make_server([spread + [("sleep", 0.6), alloc_frame(20, "late", "n1", "running")]])
+    events = run_source(server, 2, args={"group": True, "window": 0.3, "max_window": 5})
+    assert [[n["node_name"] for n in e["nomad_nodes"]] for e in events] == [
+        ["n0", "n1", "n2", "n3", "n4"], ["n1"]]
+
+
+def test_a_burst_longer_than_max_window_is_cut(make_server):
+    spread = [item for k in range(8) for item in (("sleep", 0.2), alloc_frame(10 + k, "a%d" % k,
+                                                                              "n1", "running"))]
+    server = make_server([spread])
+    events = run_source(server, 2, args={"window": 0.3, "max_window": 0.9})
+    assert len(events) >= 2
+    assert sorted(a for e in events for a in e["nomad"]["started"]) == ["a%d" % k for k in range(8)]
+    assert len(events[0]["nomad"]["started"]) < 8
+
+
 def test_reconnect_resumes_and_index_restart_repeats_nothing(make_server):
     buffered = [alloc_frame(10, "a1", "n1", "running"), alloc_frame(11, "b1", "n2", "running")]
     server = make_server([
