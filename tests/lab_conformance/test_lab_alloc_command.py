@@ -2,27 +2,18 @@
 the way Nomad and cilium-cni make it (docs/lab.md), and Nomad's event stream reports each step."""
 
 import json
-import os
 import subprocess
 import urllib.request
 
 import pytest
 
-from tests.lab.control import ControlClient
-from tests.support.eda import LAB_CLI, lab_cli as run, lab_process
+from tests.support.eda import LAB_CLI, lab_cli as run, lab_endpoint, lab_process
 
 
 @pytest.fixture(scope="module")
 def running_lab():
     with lab_process("--nodes", 2) as lab:
         yield lab
-
-
-def endpoint_of(state, node, alloc_id):
-    endpoints = ControlClient(os.path.join(state, "control.sock")).call("GET", "/endpoints/" + node)
-    found = [e for e in endpoints
-             if e["status"]["external-identifiers"].get("container-id") == alloc_id]
-    return found[0] if found else None
 
 
 def alloc_events(nomad, alloc_id, count):
@@ -47,7 +38,7 @@ def test_alloc_start_runs_it_with_an_init_endpoint_and_stop_removes_the_endpoint
                    "--meta", "team=payments")
     with urllib.request.urlopen(lab["nomad"] + "/v1/allocation/" + alloc_id, timeout=5) as resp:
         alloc = json.loads(resp.read())
-    endpoint = endpoint_of(state, "nomad-client-2", alloc_id)
+    endpoint = lab_endpoint(state, "nomad-client-2", alloc_id)
     assert (alloc["ClientStatus"], alloc["Namespace"], alloc["TaskGroup"]) == ("running", "shop", "api")
     assert alloc["NodeName"] == "nomad-client-2" and alloc["Job"]["Meta"] == {"team": "payments"}
     assert endpoint["status"]["labels"]["security-relevant"] == ["reserved:init"]
@@ -56,7 +47,7 @@ def test_alloc_start_runs_it_with_an_init_endpoint_and_stop_removes_the_endpoint
                                                        ("AllocationUpdated", "running", "run")]
 
     assert run("alloc", "stop", "--state-dir", state, "--alloc", alloc_id) == alloc_id
-    assert endpoint_of(state, "nomad-client-2", alloc_id) is None
+    assert lab_endpoint(state, "nomad-client-2", alloc_id) is None
     assert alloc_events(lab["nomad"], alloc_id, 4)[2:] == [("PlanResult", "running", "stop"),
                                                            ("AllocationUpdated", "complete", "stop")]
 
@@ -65,7 +56,7 @@ def test_alloc_stop_with_leak_endpoint_leaves_the_endpoint(running_lab):
     state, unused = running_lab
     alloc_id = run("alloc", "start", "--state-dir", state, "--node", "nomad-client-1", "--job", "web")
     run("alloc", "stop", "--state-dir", state, "--alloc", alloc_id, "--leak-endpoint")
-    assert endpoint_of(state, "nomad-client-1", alloc_id) is not None
+    assert lab_endpoint(state, "nomad-client-1", alloc_id) is not None
 
 
 def test_alloc_stop_of_an_unknown_allocation_fails_with_its_id(running_lab):

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 
-from tests.support.eda import load_plugin
+from tests.support.eda import cancel, load_plugin
 
 
 class Collect:
@@ -66,11 +66,7 @@ def test_nomad_restart_mid_stream_loses_and_repeats_nothing_and_never_shows_the_
             await asyncio.sleep(1.5)  # anything repeated would arrive now
             return first, second
         finally:
-            source.cancel()
-            try:
-                await source
-            except asyncio.CancelledError:
-                pass
+            await cancel(source)
 
     first, second = asyncio.run(scenario())
     assert changes("started", first) == [node1.name]

@@ -13,6 +13,7 @@ from tests.support.eda import (
     NOMAD_BIN,
     NOMAD_SKIP_REASON,
     SLEEP_JOB,
+    cancel,
     load_plugin,
     nomad_api,
     nomad_dev_agent,
@@ -65,10 +66,6 @@ def test_raw_exec_job_start_and_stop_emit_events_naming_the_node(nomad_agent):
             assert stopped["nomad"]["stopped"] == [allocs[0]["ID"]]
             assert stopped["nomad"]["node_name"] == node["Name"]
         finally:
-            source.cancel()
-            try:
-                await source
-            except asyncio.CancelledError:
-                pass
+            await cancel(source)
 
     asyncio.run(scenario())

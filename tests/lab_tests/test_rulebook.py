@@ -22,6 +22,7 @@ from tests.lab.scenarios import POLICY_KEY, POLICY_V2, netreap_labels
 from tests.support.eda import (
     RULEBOOK,
     lab_cli,
+    lab_endpoint,
     lab_process,
     rulebook_env,
     rulebook_missing,
@@ -43,13 +44,6 @@ def lab_env(state):
             name, value = line[len("export "):].rstrip("\n").split("=", 1)
             env[name] = shlex.split(value)[0] if value else ""
     return env
-
-
-def endpoint_of(state, node, alloc_id):
-    endpoints = ControlClient(os.path.join(state, "control.sock")).call("GET", "/endpoints/" + node)
-    found = [e for e in endpoints
-             if e["status"]["external-identifiers"].get("container-id") == alloc_id]
-    return found[0] if found else None
 
 
 def rule_names(rules):
@@ -82,17 +76,17 @@ def test_rulebook_labels_a_new_allocation_removes_a_leaked_endpoint_and_applies_
             alloc_id = lab_cli("alloc", "start", "--state-dir", state, "--node", "nomad-client-1",
                                "--job", "checkout", "--group", "api", "--meta", "team=payments")
             started = time.monotonic()
-            assert endpoint_of(state, "nomad-client-1", alloc_id)["status"]["labels"][
+            assert lab_endpoint(state, "nomad-client-1", alloc_id)["status"]["labels"][
                 "security-relevant"] == ["reserved:init"]
             want = netreap_labels("checkout", "default", "api", {"team": "payments"})
-            labelled = wait_for(lambda: endpoint_of(state, "nomad-client-1", alloc_id)["status"][
+            labelled = wait_for(lambda: lab_endpoint(state, "nomad-client-1", alloc_id)["status"][
                 "labels"]["security-relevant"] == want, WITHIN)
             assert labelled, "endpoint not labelled:\n" + log_path.read_text()[-4000:]
             print("labelled after %.1f s" % (time.monotonic() - started))
 
             lab_cli("alloc", "stop", "--state-dir", state, "--alloc", alloc_id, "--leak-endpoint")
-            assert endpoint_of(state, "nomad-client-1", alloc_id) is not None  # leaked
-            removed = wait_for(lambda: endpoint_of(state, "nomad-client-1", alloc_id) is None,
+            assert lab_endpoint(state, "nomad-client-1", alloc_id) is not None  # leaked
+            removed = wait_for(lambda: lab_endpoint(state, "nomad-client-1", alloc_id) is None,
                                WITHIN)
             assert removed, "leaked endpoint not removed:\n" + log_path.read_text()[-4000:]
 

@@ -3,6 +3,7 @@ does, a small HTTP server to play Nomad's event stream or Consul's blocking quer
 a real Nomad dev agent (``NOMAD_BIN``), ansible-rulebook's location, and waiting for an
 outcome."""
 
+import asyncio
 import contextlib
 import http.server
 import importlib.util
@@ -19,6 +20,8 @@ import threading
 import time
 import urllib.request
 from urllib.parse import parse_qs, urlsplit
+
+from tests.lab.control import ControlClient
 
 SOURCES = pathlib.Path(__file__).resolve().parents[2] / "extensions" / "eda" / "plugins" / "event_source"
 BIN = os.path.dirname(sys.executable)
@@ -240,3 +243,21 @@ def lab_process(*options):
     finally:
         lab_cli("down", "--state-dir", state)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def lab_endpoint(state, node, alloc_id):
+    """The endpoint of an allocation in a node's agent of a lab process (its control socket),
+    or None."""
+    endpoints = ControlClient(os.path.join(state, "control.sock")).call("GET", "/endpoints/" + node)
+    found = [e for e in endpoints
+             if e["status"]["external-identifiers"].get("container-id") == alloc_id]
+    return found[0] if found else None
+
+
+async def cancel(task):
+    """Cancel an event source's task and wait until it ended."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.eda import StreamServer, load_plugin
+from tests.support.eda import StreamServer, cancel, load_plugin
 
 TOKEN = "5e3c7a1e-token-never-shown"
 
@@ -48,11 +48,7 @@ def run_source(server, want, args=None, timeout=10.0):
         while len(queue.events) < want and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.5)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await cancel(task)
 
     asyncio.run(go())
     return queue.events
