@@ -3,11 +3,10 @@ the way Nomad and cilium-cni make it (docs/lab.md), and Nomad's event stream rep
 
 import json
 import subprocess
-import urllib.request
 
 import pytest
 
-from tests.support.eda import LAB_CLI, lab_cli as run, lab_endpoint, lab_process
+from tests.support.eda import HTTP, LAB_CLI, lab_cli as run, lab_endpoint, lab_process
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,7 @@ def alloc_events(nomad, alloc_id, count):
     """(Type, ClientStatus, DesiredStatus) of the allocation's first ``count`` events."""
     url = nomad + "/v1/event/stream?topic=Allocation:%s&namespace=*" % alloc_id
     seen = []
-    with urllib.request.urlopen(url, timeout=5) as stream:
+    with HTTP.open(url, timeout=5) as stream:
         for line in stream:
             frame = json.loads(line)
             for event in frame.get("Events", []):
@@ -36,7 +35,7 @@ def test_alloc_start_runs_it_with_an_init_endpoint_and_stop_removes_the_endpoint
     alloc_id = run("alloc", "start", "--state-dir", state, "--node", "nomad-client-2",
                    "--job", "checkout", "--group", "api", "--namespace", "shop",
                    "--meta", "team=payments")
-    with urllib.request.urlopen(lab["nomad"] + "/v1/allocation/" + alloc_id, timeout=5) as resp:
+    with HTTP.open(lab["nomad"] + "/v1/allocation/" + alloc_id, timeout=5) as resp:
         alloc = json.loads(resp.read())
     endpoint = lab_endpoint(state, "nomad-client-2", alloc_id)
     assert (alloc["ClientStatus"], alloc["Namespace"], alloc["TaskGroup"]) == ("running", "shop", "api")

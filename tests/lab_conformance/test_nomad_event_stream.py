@@ -12,7 +12,6 @@ import queue
 import socket
 import time
 import urllib.error
-import urllib.request
 
 import nomad
 import pytest
@@ -21,6 +20,7 @@ import requests
 from tests.lab import httpd
 from tests.lab.nomad import NomadSim
 from tests.support.eda import (
+    HTTP,
     NOMAD_BIN,
     NOMAD_SKIP_REASON,
     SLEEP_JOB,
@@ -298,7 +298,7 @@ def test_wire_format_one_chunk_per_object_and_heartbeats(target):
 ])
 def test_bad_index_or_topic_is_a_400_in_text(target, query, text):
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(target.address + "/v1/event/stream?" + query, timeout=5)
+        HTTP.open(target.address + "/v1/event/stream?" + query, timeout=5)
     assert err.value.code == 400
     assert err.value.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert err.value.read().decode() == text

@@ -159,6 +159,9 @@ def endpoint_labels(endpoint):
     return set(labels.get("security-relevant") or labels.get("realized", {}).get("user") or [])
 
 
+# urllib's default handlers, whatever opener another test installed globally.
+HTTP = urllib.request.build_opener()
+
 NOMAD_BIN = os.environ.get("NOMAD_BIN")
 NOMAD_SKIP_REASON = "NOMAD_BIN not set (path of a Nomad 1.6.5 binary for the real-agent runs)"
 
@@ -180,7 +183,7 @@ def nomad_api(address, method, path, body=None):
     """One JSON request to a Nomad HTTP API (no token)."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(address + path, data=data, method=method)
-    with urllib.request.urlopen(request, timeout=10) as resp:
+    with HTTP.open(request, timeout=10) as resp:
         return json.loads(resp.read() or b"null")
 
 
