@@ -6,6 +6,7 @@ dev agent (raw_exec jobs); where the two disagree the lab is wrong. What is pinn
 docs/upstream.md#nomad-event-stream and #nomad-event-stream-wire.
 """
 
+import contextlib
 import itertools
 import json
 import queue
@@ -73,8 +74,9 @@ class RealNomad:
     heartbeat = 30.0
 
     def __init__(self, workdir):
-        self._agent = nomad_dev_agent(workdir, event_buffer_size=BUFFER)
-        self.address, self.node = self._agent.__enter__()
+        self._stack = contextlib.ExitStack()
+        agent = self._stack.enter_context(nomad_dev_agent(workdir, event_buffer_size=BUFFER))
+        self.address, self.node = agent
 
     def start_job(self):
         job_id = next(JOB_IDS)
@@ -96,7 +98,7 @@ class RealNomad:
             nomad_api(self.address, "POST", "/v1/jobs", job)
 
     def close(self):
-        self._agent.__exit__(None, None, None)
+        self._stack.close()
 
 
 @pytest.fixture(scope="module", params=["lab", "real"])
