@@ -208,7 +208,7 @@ def test_index_starts_at_the_first_item_at_or_after_it(target):
     index = running[-1]["Index"]
     stop, frames = open_stream(target, index=index, topic={"Allocation": "*"}, namespace="*")
     try:
-        again = read_until(frames, lambda frame: True, timeout=15)
+        again = read_until(frames, lambda frame: True)
     finally:
         stop.set()
     assert again[0]["Index"] == index
@@ -223,7 +223,7 @@ def test_index_past_the_newest_replays_the_newest_item(target):
         stop.set()
     stop, frames = open_stream(target, index=newest + 100000)
     try:
-        first = read_until(frames, lambda frame: True, timeout=15)[0]
+        first = read_until(frames, lambda frame: True)[0]
     finally:
         stop.set()
     assert first["Index"] == newest
@@ -236,7 +236,7 @@ def test_index_older_than_the_buffer_silently_starts_at_the_oldest_item(target):
     for index in (0, 1):
         stop, frames = open_stream(target, index=index)
         try:
-            oldest.append(read_until(frames, lambda frame: True, timeout=15)[0]["Index"])
+            oldest.append(read_until(frames, lambda frame: True)[0]["Index"])
         finally:
             stop.set()
     assert oldest[0] == oldest[1]
