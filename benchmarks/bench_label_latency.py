@@ -2,20 +2,23 @@
 rulebook netreap.cilium.netreap under real ansible-rulebook, next to the reap timer's worst case.
 
     .venv/bin/python -m benchmarks.bench_label_latency [--nodes 10] [--sizes 1,10,100]
+        [--rulebook FILE] [--forks N]
 
 (from the repository root, after ``bash scripts/setup.sh``; needs Java 17, see docs/eda.md).
 
-A lab with N nodes (Cilium 1.16, Consul kvstore) runs; for each size, that many allocations are
-placed at once across the nodes (Nomad knows them, each node's agent has their endpoints with only
-``reserved:init``) and Nomad's event stream reports them running in one burst. The stream is the
-one of the source's unit tests (frames as Nomad 1.6.5 writes them, docs/upstream.md#nomad-event-stream),
-fed from here. Latency per allocation: from the burst to its endpoint's labels (polled every
-0.1 s). Goal: p95 within 5 s for 100 allocations across 10 nodes.
+A lab with N nodes (Cilium 1.16, Consul kvstore) runs in this process; ansible-rulebook reads its
+Nomad's event stream (docs/upstream.md#nomad-event-stream-wire). For each size, that many
+allocations start at once across the nodes, each the way ``python -m tests.lab alloc start``
+starts one (``Lab.start_allocation``: Nomad places it, cilium-cni's ADD gives the node's agent an
+endpoint with only ``reserved:init``, the allocation turns running; every step an event on the
+stream). Latency per allocation: from the moment it turned running to its endpoint's labels
+(polled every 0.1 s). Goal: p95 within 5 s for 100 allocations across 10 nodes. Next to it, the
+controller CPU the burst cost (ansible-rulebook and the playbook runs it started, not the lab):
+on a loaded machine the latency grows, the CPU does not.
 """
 
 import argparse
 import os
-import queue
 import shutil
 import statistics
 import subprocess
@@ -31,14 +34,13 @@ prepare()
 
 from tests.lab.lab import Lab  # noqa: E402
 from tests.lab.scenarios import netreap_labels  # noqa: E402
-from tests.lab_tests.test_rulebook import (  # noqa: E402
-    JAVA_HOME,
-    endpoint_for,
+from tests.support.eda import (  # noqa: E402
+    RULEBOOK,
     endpoint_labels,
-    frame,
+    rulebook_env,
     stop_process,
+    wait_for,
 )
-from tests.unit.extensions.eda.test_eda_nomad_events import StreamServer  # noqa: E402
 
 
 def percentile(values, fraction):
@@ -56,90 +58,112 @@ def reap_timer_worst_case():
     return calendar, period + int(defaults["reaper_randomized_delay_sec"])
 
 
+def cpu_seconds(pid):
+    """CPU seconds of a process and of every descendant it has waited for (/proc/<pid>/stat:
+    utime, stime, cutime, cstime): the controller's CPU for the playbook runs it started."""
+    with open("/proc/%d/stat" % pid) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def has_children(pid):
+    for task in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/children" % (pid, task)) as handle:
+            if handle.read().strip():
+                return True
+    return False
+
+
+def labels_by_alloc(lab):
+    """{allocation ID: set of identity labels} over every node's agent."""
+    found = {}
+    for node in lab.nodes:
+        for endpoint in node.cilium.endpoints():
+            alloc_id = (endpoint.get("status") or {}).get("external-identifiers", {}).get(
+                "container-id")
+            if alloc_id:
+                found[alloc_id] = endpoint_labels(endpoint)
+    return found
+
+
 def main():
     parser = argparse.ArgumentParser(description="Label latency with the rulebook on the lab.")
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--sizes", default="1,10,100")
-    parser.add_argument("--group", action="store_true",
-                        help="run the rulebook with the source's group option (one playbook run "
-                             "per window instead of one per node)")
+    parser.add_argument("--rulebook", default="netreap.cilium.netreap",
+                        help="rulebook to run (a copy with other source options, for comparisons)")
+    parser.add_argument("--forks", type=int, default=None,
+                        help="ANSIBLE_FORKS for the playbook runs (default: ansible's)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
     state = tempfile.mkdtemp(prefix="netreap-bench-eda-")
     lab = Lab(state, nodes=args.nodes, cilium="1.16", kvstore="consul", scenario="clean").start()
-    feed = queue.Queue()
-
-    def frames(unused_index):
-        while True:
-            yield feed.get()
-
-    stream = StreamServer([frames])
     inventory = os.path.join(state, "eda-inventory.yml")
     with open(inventory, "w") as handle:
         yaml.safe_dump(lab.inventory(), handle)
-    env = dict(os.environ, **lab.env())
-    env.update(NOMAD_ADDR=stream.address, JAVA_HOME=JAVA_HOME,
-               ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    env = rulebook_env(lab.env())
+    if args.forks:
+        env["ANSIBLE_FORKS"] = str(args.forks)
     log = open(os.path.join(state, "rulebook.log"), "w")
-    rulebook = "netreap.cilium.netreap"
-    if args.group:
-        with open(os.path.join(ROOT, "extensions", "eda", "rulebooks", "netreap.yml")) as handle:
-            text = handle.read()
-        rulebook = os.path.join(state, "netreap-group.yml")
-        with open(rulebook, "w") as handle:
-            handle.write(text.replace("group: false", "group: true"))
-    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible-rulebook"),
-                             "-r", rulebook, "-i", inventory],
+    proc = subprocess.Popen([RULEBOOK, "-r", args.rulebook, "-i", inventory],
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=state)
-    index = [100]
     serial = [0]
 
     def burst(count):
-        """Place ``count`` allocations across the nodes, report them running; return latencies."""
-        placed = []
+        """Start ``count`` allocations across the nodes at once; return their latencies."""
+        started = {}
+        want = {}
         for k in range(count):
-            node = lab.nodes[k % len(lab.nodes)]
             serial[0] += 1
             job = "bench-%d" % serial[0]
-            ip = node.ipv4_range.rsplit(".", 1)[0] + ".%d" % (2 + serial[0] % 250)
-            alloc = lab.nomad.add_allocation(node.node_id, job, task_group="app", address=ip)
-            node.cilium.add_endpoint(container_id=alloc["ID"], ipv4=ip,
-                                     container_name=alloc["Name"])
-            placed.append((node, alloc, set(netreap_labels(job, "default", "app"))))
-        started = time.monotonic()
-        for node, alloc, unused in placed:
-            index[0] += 1
-            feed.put(frame(index[0], alloc, node, "running"))
+            alloc_id = lab.start_allocation(lab.nodes[k % len(lab.nodes)], job, "app")
+            started[alloc_id] = time.monotonic()
+            want[alloc_id] = set(netreap_labels(job, "default", "app"))
         latencies = {}
-        deadline = started + 300
-        while len(latencies) < len(placed) and time.monotonic() < deadline:
-            for node, alloc, want in placed:
-                if alloc["ID"] not in latencies and want <= endpoint_labels(
-                        endpoint_for(node, alloc["ID"]) or {}):
-                    latencies[alloc["ID"]] = time.monotonic() - started
+        deadline = time.monotonic() + 300
+        while len(latencies) < count and time.monotonic() < deadline:
+            now = time.monotonic()
+            for alloc_id, labels in labels_by_alloc(lab).items():
+                if alloc_id in want and alloc_id not in latencies and want[alloc_id] <= labels:
+                    latencies[alloc_id] = now - started[alloc_id]
             time.sleep(0.1)
-        if len(latencies) < len(placed):
+        if len(latencies) < count:
             raise SystemExit("only %d of %d endpoints labelled within 300 s; see %s"
-                             % (len(latencies), len(placed), log.name))
+                             % (len(latencies), count, log.name))
         return list(latencies.values())
 
+    def settle():
+        """Wait until no playbook run of the rulebook is left; return its CPU seconds so far."""
+        wait_for(lambda: not has_children(proc.pid), 120, 0.5)
+        return cpu_seconds(proc.pid)
+
     try:
-        burst(1)  # warm-up: the JVM and the first playbook run are not measured
+        # The source reads once the lab's Nomad has its stream request; then a warm-up burst
+        # (the JVM and the first playbook run are not measured).
+        if not wait_for(lambda: lab.log.count(service="nomad", path="^/v1/event/stream$"), 120):
+            raise SystemExit("ansible-rulebook did not connect; see %s" % log.name)
+        burst(1)
+        cpu = settle()
         calendar, worst = reap_timer_worst_case()
-        print("label latency with the rulebook (%d lab nodes, ansible-rulebook, window 1 s, %s)"
-              % (args.nodes, "group: one run per window" if args.group else "one run per node"))
-        print("%-12s %8s %8s %8s" % ("allocations", "p50 s", "p95 s", "max s"))
+        print("label latency with the rulebook %s (%d lab nodes, forks %s, %d CPUs, load %.1f "
+              "at start)" % (args.rulebook, args.nodes, args.forks or "default", os.cpu_count(),
+                             os.getloadavg()[0]))
+        print("%-12s %8s %8s %8s %16s" % ("allocations", "p50 s", "p95 s", "max s",
+                                          "controller CPU s"))
         for size in sizes:
             latencies = burst(size)
-            print("%-12d %8.1f %8.1f %8.1f" % (size, statistics.median(latencies),
-                                               percentile(latencies, 0.95), max(latencies)))
+            used, cpu = settle() - cpu, cpu_seconds(proc.pid)
+            print("%-12d %8.1f %8.1f %8.1f %16.1f" % (size, statistics.median(latencies),
+                                                      percentile(latencies, 0.95),
+                                                      max(latencies), used))
+            sys.stdout.flush()
         print("reap timer (reaper role defaults, OnCalendar %s + randomized delay): worst case "
               "%d s before reap.yml starts, plus its run" % (calendar, worst))
+        print("load average after: %.1f" % os.getloadavg()[0])
     finally:
         stop_process(proc)
         log.close()
-        stream.close()
         lab.stop()
         shutil.rmtree(state, ignore_errors=True)
 

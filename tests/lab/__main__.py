@@ -1,7 +1,9 @@
-"""``python -m tests.lab up|down|serve|fault|requests|status`` — run the lab from a shell.
+"""``python -m tests.lab up|down|serve|fault|requests|status|report|alloc`` — run the lab from a shell.
 
 ``up`` starts the lab in a background process and returns once every service answers, leaving
-``lab.env``, ``inventory.yml`` and ``lab.json`` in the state dir; ``down`` stops it.
+``lab.env``, ``inventory.yml`` and ``lab.json`` in the state dir; ``down`` stops it. ``alloc
+start`` and ``alloc stop`` start and stop allocations in a running lab the way Nomad and
+cilium-cni do.
 """
 
 import argparse
@@ -30,6 +32,9 @@ def _add_lab_options(parser):
     # 2 x HeartbeatWriteInterval (docs/upstream.md#kvstore-heartbeat).
     parser.add_argument("--heartbeat-timeout", type=float, default=120.0,
                         help="seconds without a kvstore heartbeat before etcd agents degrade")
+    # Nomad writes `{}` on its event stream every 30 s (docs/upstream.md#nomad-event-stream-wire).
+    parser.add_argument("--nomad-event-heartbeat", type=float, default=30.0,
+                        help="seconds between two heartbeats of the Nomad event stream")
 
 
 def _kvstore(args):
@@ -52,7 +57,7 @@ def cmd_serve(args):
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     lab = Lab(args.state_dir, nodes=args.nodes, cilium=args.cilium, kvstore=_kvstore(args),
               scenario=args.scenario, acl=args.acl, heartbeat_timeout=args.heartbeat_timeout,
-              tls=args.tls or False)
+              tls=args.tls or False, nomad_event_heartbeat=args.nomad_event_heartbeat)
     lab.start()
     control = httpd.serve_unix(ControlService(lab, stop),
                                os.path.join(lab.state_dir, "control.sock"))
@@ -89,7 +94,8 @@ def cmd_up(args):
             os.unlink(path)
     argv = [sys.executable, "-m", "tests.lab", "serve", "--state-dir", state_dir,
             "--nodes", str(args.nodes), "--cilium", args.cilium, "--kvstore", _kvstore(args),
-            "--scenario", args.scenario, "--heartbeat-timeout", str(args.heartbeat_timeout)]
+            "--scenario", args.scenario, "--heartbeat-timeout", str(args.heartbeat_timeout),
+            "--nomad-event-heartbeat", str(args.nomad_event_heartbeat)]
     if args.acl:
         argv.append("--acl")
     if args.tls:
@@ -204,6 +210,38 @@ def cmd_requests(args):
     return 0
 
 
+def cmd_alloc(args):
+    control = _control(args.state_dir)
+    if args.alloc_command == "start":
+        meta = dict(item.split("=", 1) for item in args.meta or [])
+        answer = control.call("POST", "/alloc/start", {
+            "node": args.node, "job": args.job, "group": args.group,
+            "namespace": args.namespace, "meta": meta})
+    else:
+        answer = control.call("POST", "/alloc/stop", {"alloc": args.alloc,
+                                                      "leak_endpoint": args.leak_endpoint})
+    print(answer["id"])
+    return 0
+
+
+def _add_alloc_commands(sub):
+    alloc = sub.add_parser("alloc", help="start or stop an allocation in a running lab")
+    verbs = alloc.add_subparsers(dest="alloc_command", required=True)
+    start = verbs.add_parser("start", help="place an allocation and run it; prints its ID")
+    start.add_argument("--state-dir", required=True)
+    start.add_argument("--node", required=True, help="node name (nomad-client-N)")
+    start.add_argument("--job", required=True)
+    start.add_argument("--group", help="task group (default: the job's name)")
+    start.add_argument("--namespace", default="default")
+    start.add_argument("--meta", action="append", metavar="KEY=VALUE", help="job meta (repeatable)")
+    stop = verbs.add_parser("stop", help="stop an allocation; its endpoint goes as cilium-cni's "
+                                         "DEL removes it")
+    stop.add_argument("--state-dir", required=True)
+    stop.add_argument("--alloc", required=True, help="allocation ID")
+    stop.add_argument("--leak-endpoint", action="store_true",
+                      help="leave the endpoint behind, as after a failed CNI DEL")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tests.lab")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,8 +269,9 @@ def main(argv=None):
     reqs.add_argument("--method")
     reqs.add_argument("--path")
     reqs.add_argument("--count", action="store_true")
+    _add_alloc_commands(sub)
     args = parser.parse_args(argv)
-    return {"up": cmd_up, "serve": cmd_serve, "down": cmd_down, "status": cmd_status,
+    return {"alloc": cmd_alloc, "up": cmd_up, "serve": cmd_serve, "down": cmd_down, "status": cmd_status,
             "fault": cmd_fault, "requests": cmd_requests, "report": cmd_report}[args.command](args)
 
 

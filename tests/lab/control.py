@@ -32,6 +32,8 @@ class ControlService(httpd.Service):
         self.route("POST", r"/heartbeat-timeout", self.heartbeat_timeout)
         self.route("GET", r"/report", self.report)
         self.route("POST", r"/shutdown", self.shutdown)
+        self.route("POST", r"/alloc/start", self.alloc_start)
+        self.route("POST", r"/alloc/stop", self.alloc_stop)
 
     def _services(self, name):
         if name == "cilium":
@@ -101,6 +103,25 @@ class ControlService(httpd.Service):
     def report(self, req):
         from tests.lab.report import drift_report
         return httpd.json_response(drift_report(self.lab))
+
+    def alloc_start(self, req):
+        spec = req.json() or {}
+        try:
+            node = self.lab.node(spec["node"])
+        except KeyError:
+            raise httpd.HttpError(404, "no such node %r" % spec.get("node"))
+        alloc_id = self.lab.start_allocation(node, spec["job"], group=spec.get("group"),
+                                             namespace=spec.get("namespace") or "default",
+                                             job_meta=spec.get("meta") or None)
+        return httpd.json_response({"id": alloc_id, "node": node.name})
+
+    def alloc_stop(self, req):
+        spec = req.json() or {}
+        try:
+            node = self.lab.stop_allocation(spec["alloc"], leak_endpoint=bool(spec.get("leak_endpoint")))
+        except KeyError:
+            raise httpd.HttpError(404, "no such allocation %r" % spec.get("alloc"))
+        return httpd.json_response({"id": spec["alloc"], "node": node})
 
     def shutdown(self, req):
         self.stop_event.set()

@@ -81,6 +81,20 @@ class Response:
         self.headers = dict(headers or {})
 
 
+class StreamResponse(Response):
+    """A response written as it is produced, with ``Transfer-Encoding: chunked``.
+
+    ``chunks`` is a callable of the listener's stop event (set when the endpoint is paused or
+    stopped) returning an iterable of byte strings; each is written and flushed as one HTTP
+    chunk. The stream ends when the iterable does or the client goes away; a paused endpoint
+    closes its open streams, as a restarting server drops its connections.
+    """
+
+    def __init__(self, chunks, status=200, content_type="application/json", headers=None):
+        super().__init__(status, b"", content_type, headers)
+        self.chunks = chunks
+
+
 def json_kind(value):
     """The JSON kind Go's encoding/json names in UnmarshalTypeError messages."""
     if value is None:
@@ -317,6 +331,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(resp, req)
 
     def _send(self, resp, req):
+        if isinstance(resp, StreamResponse):
+            self._send_stream(resp)
+            return
         self.send_response(resp.status)
         body = resp.body if req.method != "HEAD" else b""
         if resp.content_type and resp.body:
@@ -327,6 +344,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(body)
+
+    def _send_stream(self, resp):
+        self.send_response(resp.status)
+        for key, value in resp.headers.items():
+            self.send_header(key, str(value))
+        self.send_header("Content-Type", resp.content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for chunk in resp.chunks(self.server.lab_stopping):
+                if chunk:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+            if not self.server.lab_stopping.is_set():
+                self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        if self.server.lab_stopping.is_set():  # a stopped server ends no stream cleanly
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _apply_fault(self, fault):
         if fault.action == "status":
@@ -466,8 +506,9 @@ class Endpoint:
                 server.socket = self.ssl_context.wrap_socket(server.socket, server_side=True,
                                                              do_handshake_on_connect=False)
         server.lab_service = self.service
+        # A new event per start: streams of the previous run end even when resumed at once.
+        self._stopping = threading.Event()
         server.lab_stopping = self._stopping
-        self._stopping.clear()
         self._server = server
         _ACCEPTOR.add(server)
         return self

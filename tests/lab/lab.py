@@ -61,7 +61,8 @@ class LabNode:
 class Lab:
     def __init__(self, state_dir, nodes=3, cilium="1.16", kvstore="consul", scenario="clean",
                  acl=False, cluster_name="default", heartbeat_timeout=120.0, static_policy=None,
-                 python=None, tls=False, consul="sim", consul_version="1.16.0"):
+                 python=None, tls=False, consul="sim", consul_version="1.16.0",
+                 nomad_event_heartbeat=NomadSim.EVENT_HEARTBEAT):
         if cilium not in PROFILES:
             raise ValueError("unknown Cilium profile %r (have %s)" % (cilium, ", ".join(PROFILES)))
         if kvstore not in ("consul", "etcd"):
@@ -94,6 +95,7 @@ class Lab:
         if consul == "real" and tls:
             raise ValueError("a real Consul lab runs without TLS")
         self.consul_kind = consul
+        self.nomad_event_heartbeat = float(nomad_event_heartbeat)  # seconds between stream `{}`
         self.consul_version = consul_version  # of the simulator
         self.tls_ca = None        # tests/lab/tls.py LabCA
         self.tls_server = None    # CertFiles of the server certificate every listener presents
@@ -134,7 +136,8 @@ class Lab:
         else:
             self.consul = ConsulSim(log=self.log, acl_enabled=self.acl, version=self.consul_version)
             self.consul_endpoint = self._serve(self.consul)
-        self.nomad = NomadSim(log=self.log, acl_enabled=self.acl)
+        self.nomad = NomadSim(log=self.log, acl_enabled=self.acl,
+                              event_heartbeat=self.nomad_event_heartbeat)
         self.nomad_endpoint = self._serve(self.nomad)
         if self.acl:
             self.tokens = {"consul": self.consul.management_token,
@@ -232,6 +235,44 @@ class Lab:
         if name == "nomad":
             return self.nomad_endpoint
         return self.node(name).cilium_endpoint
+
+    def start_allocation(self, node, job_id, group=None, namespace="default", job_meta=None):
+        """Start an allocation the way Nomad and cilium-cni do; returns its ID.
+
+        Nomad places it (``pending``), the client's network hook runs cilium-cni's ADD (the
+        node's agent gets an endpoint named by the allocation ID, with only ``reserved:init``,
+        an address from the agent's IPAM), then the tasks run (``running``, with that address
+        in ``NetworkStatus``). Each step is an event on Nomad's stream
+        (docs/upstream.md#nomad-cni, #nomad-event-stream-wire). A missing namespace is created.
+        """
+        node = node if isinstance(node, LabNode) else self.node(node)
+        with self.nomad.lock:
+            if namespace not in self.nomad._namespaces:
+                self.nomad.add_namespace(namespace)
+        alloc = self.nomad.add_allocation(node.node_id, job_id, task_group=group or job_id,
+                                          namespace=namespace, job_meta=job_meta,
+                                          client_status="pending")
+        endpoint = node.cilium.add_endpoint(container_id=alloc["ID"], container_name=alloc["Name"])
+        address = endpoint["status"]["networking"]["addressing"][0]["ipv4"]
+        self.nomad.update_allocation(alloc["ID"], client_status="running", address=address)
+        return alloc["ID"]
+
+    def stop_allocation(self, alloc_id, leak_endpoint=False):
+        """Stop an allocation the way Nomad and cilium-cni do: the scheduler decides the stop
+        (desired ``stop``), the client stops the tasks and runs cilium-cni's DEL (the endpoint
+        goes; with ``leak_endpoint`` it stays, as after a failed DEL), then reports the
+        allocation ``complete``. Returns the node's name."""
+        alloc = self.nomad.get_allocation(alloc_id)
+        node = self.node(alloc["NodeID"])
+        self.nomad.update_allocation(alloc_id, desired_status="stop",
+                                     desired_description="alloc is being stopped")
+        if not leak_endpoint:
+            for endpoint in node.cilium.endpoints():
+                if (endpoint.get("status") or {}).get("external-identifiers", {}).get(
+                        "container-id") == alloc_id:
+                    node.cilium.remove_endpoint(endpoint["id"])
+        self.nomad.update_allocation(alloc_id, client_status="complete")
+        return node.name
 
     def label_endpoint_like_agent(self, node, endpoint_id, labels):
         """Record an identity use in the kvstore the way an agent would for these labels."""

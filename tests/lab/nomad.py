@@ -44,12 +44,16 @@ after it; the real-server conformance runs check it against Nomad 1.6.5.  Wire d
   in Nomad 1.11 -- 1.9 compares the token lexicographically, see hashicorp/nomad#25435) or by ID
   when ``prefix`` is set.  ``prefix`` is a UUID-index prefix: an odd trailing hex digit is ignored.
 
-Not modelled: the event stream (httpd has no streaming responses), jobs/evaluations/deployments
-endpoints, drain/eligibility writes, node pools beyond the two built-ins, gzip, TLS, and
+The event stream (``GET /v1/event/stream``) follows what Nomad 1.6.5 was observed to write
+(docs/upstream.md#nomad-event-stream, #nomad-event-stream-wire): topics ``Allocation`` and ``Node``
+only, every state change of the simulator published as one buffered item.
+
+Not modelled: jobs/evaluations/deployments endpoints and their events, drain/eligibility writes, node pools beyond the two built-ins, gzip, TLS, and
 ``/v1/client/*`` on client agents.
 """
 
 import base64
+import collections
 import copy
 import hashlib
 import json
@@ -737,9 +741,19 @@ class NomadSim(httpd.Service):
 
     SERVER_ADDR = "127.0.0.1:4647"
 
+    # Event buffer and heartbeat of a Nomad agent with default settings (event_buffer_size 100;
+    # a `{}` every 30 s; docs/upstream.md#nomad-event-stream-wire).
+    EVENT_BUFFER_SIZE = 100
+    EVENT_HEARTBEAT = 30.0
+
     def __init__(self, log=None, region="global", datacenter="dc1", acl_enabled=False,
-                 version="1.9.7"):
+                 version="1.9.7", event_buffer_size=EVENT_BUFFER_SIZE,
+                 event_heartbeat=EVENT_HEARTBEAT):
         super().__init__("nomad", log)
+        # Seconds between two `{}` heartbeats of an event stream; tests shorten it.
+        self.event_heartbeat = float(event_heartbeat)
+        self._events = collections.deque(maxlen=int(event_buffer_size))  # (serial, frame)
+        self._event_serial = 0
         self.region = region
         self.datacenter = datacenter
         self.acl_enabled = acl_enabled
@@ -778,6 +792,35 @@ class NomadSim(httpd.Service):
     def index(self):
         with self.lock:
             return self._index
+
+    # -- event stream: publishing (docs/upstream.md#nomad-event-stream) ----------------------
+
+    def _publish(self, index, topic, event_type, key, namespace, filter_keys, payload):
+        """Buffer one item of the event stream (call with the lock held); the oldest item goes
+        when the buffer is full, as in Nomad's event buffer."""
+        self._event_serial += 1
+        event = {"Topic": topic, "Type": event_type, "Key": key, "Namespace": namespace,
+                 "FilterKeys": filter_keys, "Index": index, "Payload": {topic: payload}}
+        self._events.append((self._event_serial, {"Index": index, "Events": [event]}))
+        self._cond.notify_all()
+
+    def _publish_alloc(self, alloc, event_type):
+        """An Allocation event: the allocation without ``Job`` (so without meta), keyed by its
+        ID, FilterKeys [JobID, DeploymentID or ""] (observed on 1.6.5)."""
+        payload = _alloc_omitempty(alloc)
+        payload.pop("Job", None)
+        self._publish(alloc["ModifyIndex"], "Allocation", event_type, alloc["ID"],
+                      alloc["Namespace"], [alloc["JobID"], alloc["DeploymentID"] or ""],
+                      copy.deepcopy(payload))
+
+    def _publish_node(self, node, event_type):
+        self._publish(node["ModifyIndex"], "Node", event_type, node["ID"], "", None,
+                      self._render_node(node))
+
+    def clear_event_buffer(self):
+        """Forget every buffered event, as a restarted agent whose buffer starts empty."""
+        with self.lock:
+            self._events.clear()
 
     # -- state API: namespaces and tokens ----------------------------------------------------
 
@@ -890,6 +933,7 @@ class NomadSim(httpd.Service):
                 "ModifyIndex": index,
             }
             self._nodes[node_id] = node
+            self._publish_node(node, "NodeRegistration")
             return self._render_node(node)
 
     def _default_attributes(self, name, address):
@@ -1008,6 +1052,8 @@ class NomadSim(httpd.Service):
                 self._unknown_allocs(node_id, now_ns)
             elif status == "ready" and previous == "disconnected":
                 self._reconnect_allocs(node_id, now_ns)
+            # A status change is a NodeStreamEvent, not the NodeEvent the docs name (observed).
+            self._publish_node(node, "NodeStreamEvent")
 
     def _allocs_on(self, node_id):
         return [a for a in self._allocs.values() if a["NodeID"] == node_id]
@@ -1030,6 +1076,8 @@ class NomadSim(httpd.Service):
                 {"Field": 0, "Value": "lost", "Time": _go_time(now_ns)}]
             alloc["ModifyIndex"] = alloc["AllocModifyIndex"] = index
             alloc["ModifyTime"] = now_ns
+            # UNCONFIRMED: the node-update eval's plan marks them lost (a PlanResult event).
+            self._publish_alloc(alloc, "PlanResult")
 
     def _unknown_allocs(self, node_id, now_ns):
         victims = [a for a in self._allocs_on(node_id)
@@ -1044,6 +1092,7 @@ class NomadSim(httpd.Service):
                 {"Field": 0, "Value": "unknown", "Time": _go_time(now_ns)}]
             alloc["ModifyIndex"] = alloc["AllocModifyIndex"] = index
             alloc["ModifyTime"] = now_ns
+            self._publish_alloc(alloc, "PlanResult")  # UNCONFIRMED, as for lost allocations
 
     def _reconnect_allocs(self, node_id, now_ns):
         victims = [a for a in self._allocs_on(node_id) if a["ClientStatus"] == "unknown"]
@@ -1055,6 +1104,7 @@ class NomadSim(httpd.Service):
             alloc["ClientDescription"] = _CLIENT_DESC["running"]
             alloc["ModifyIndex"] = index
             alloc["ModifyTime"] = now_ns
+            self._publish_alloc(alloc, "AllocationUpdated")
 
     def remove_node(self, node_id):
         """Node GC / purge (nomad/core_sched.go; docs/upstream.md#nomad-node-gc): gone from
@@ -1198,6 +1248,10 @@ class NomadSim(httpd.Service):
                 alloc["DeploymentStatus"] = {"Healthy": True, "Timestamp": _go_time(now_ns),
                                              "Canary": False, "ModifyIndex": index}
             self._allocs[alloc_id] = alloc
+            # The scheduler's placement is a PlanResult (pending); an allocation added already
+            # running stands for placement and client update at once.
+            self._publish_alloc(alloc, "PlanResult" if client_status == "pending"
+                                else "AllocationUpdated")
             return self._render_alloc(alloc)
 
     def _maybe_network_status(self, alloc, node_id, mode, address):
@@ -1349,6 +1403,8 @@ class NomadSim(httpd.Service):
             alloc["ModifyTime"] = now_ns
             if server_side:
                 alloc["AllocModifyIndex"] = index
+            # Client updates are AllocationUpdated; server decisions (stop) PlanResult (observed).
+            self._publish_alloc(alloc, "PlanResult" if server_side else "AllocationUpdated")
 
     def _client_status_change(self, alloc, status, now_ns):
         previous = alloc["ClientStatus"]
@@ -1484,6 +1540,7 @@ class NomadSim(httpd.Service):
         self._route_all(r"/v1/allocation/(?P<rest>.*)", self._h_alloc_specific)
         self._route_all(r"/v1/namespaces", self._h_namespaces)
         self._route_all(r"/v1/namespace/(?P<name>.*)", self._h_namespace)
+        self._route_all(r"/v1/event/stream", self._h_event_stream)
 
     @staticmethod
     def _q(req, name):
@@ -2103,7 +2160,92 @@ class NomadSim(httpd.Service):
                 alloc["DesiredDescription"] = "alloc is being migrated"
             alloc["ModifyIndex"] = alloc["AllocModifyIndex"] = index
             alloc["ModifyTime"] = now_ns
+            self._publish_alloc(alloc, "AllocationUpdateDesiredStatus")
         return self._json(req, {"EvalID": _uuid(), "Index": index}, {"X-Nomad-Index": str(index)})
+
+    # -- handlers: event stream (docs/upstream.md#nomad-event-stream-wire) -------------------
+
+    _ATOI_RE = re.compile(r"^[+-]?[0-9]+$")
+
+    @staticmethod
+    def _event_topics(req):
+        """command/agent/event_endpoint.go parseEventTopics: no ``topic`` is every topic;
+        ``Topic`` alone is ``Topic:*``; more than one ``:`` is a 400."""
+        raw = req.query.get("topic")
+        if raw is None:
+            return {"*": ["*"]}
+        topics = {}
+        for topic in raw:
+            parts = topic.split(":")
+            if len(parts) > 2:
+                raise NomadSim._err(400, "Invalid topic query: error parsing topics: Invalid key "
+                                         "value pair for topic, topic: %s" % topic)
+            topics.setdefault(parts[0], []).append(parts[1] if len(parts) == 2 else "*")
+        return topics
+
+    @staticmethod
+    def _event_wanted(event, topics, namespace, acl):
+        keys = topics.get(event["Topic"], topics.get("*"))
+        if keys is None:
+            return False
+        # The key filter matches Key or one of FilterKeys (observed on 1.6.5: a job ID works).
+        if "*" not in keys and event["Key"] not in keys and \
+                not set(keys) & set(event["FilterKeys"] or []):
+            return False
+        # Events without a namespace (Node) reach every subscriber; `*` is every namespace.
+        if namespace != "*" and event["Namespace"] and event["Namespace"] != namespace:
+            return False
+        # UNCONFIRMED: with ACLs, events a token could not read are left out (node:read for Node,
+        # read-job in the namespace for the others) rather than the stream refused.
+        if event["Topic"] == "Node":
+            return acl.allow_node_read()
+        return acl.allow_ns_op(event["Namespace"], "read-job")
+
+    def _h_event_stream(self, req):
+        if req.method != "GET":
+            raise self._err(405, "Invalid method")
+        raw = self._q(req, "index") or "0"
+        if not self._ATOI_RE.match(raw):
+            raise self._err(400, 'Unable to parse index: strconv.Atoi: parsing %s: invalid syntax'
+                            % json.dumps(raw))
+        index = int(raw)
+        topics = self._event_topics(req)
+        self._check_region({"region": self._q(req, "region") or self.region})
+        namespace = self._q(req, "namespace") or "default"
+        acl = self._resolve(req)
+        with self.lock:
+            # The first item with Index >= index; past the newest, the newest; older than the
+            # buffer, the oldest one kept (no error, no gap marker).
+            start = next((serial for serial, frame in self._events if frame["Index"] >= index),
+                         self._events[-1][0] if self._events else self._event_serial + 1)
+
+        def chunks(stopping):
+            beat_every = self.event_heartbeat
+            next_beat = time.monotonic() + beat_every
+            cursor = start
+            # One chunk per JSON object and one for its newline, a heartbeat first (observed).
+            yield b"{}"
+            yield b"\n"
+            while not stopping.is_set():
+                with self._cond:
+                    frames = [item for item in self._events if item[0] >= cursor]
+                    if not frames:
+                        self._cond.wait(max(0.0, min(0.2, next_beat - time.monotonic())))
+                        frames = [item for item in self._events if item[0] >= cursor]
+                for serial, frame in frames:
+                    cursor = serial + 1
+                    events = [e for e in frame["Events"]
+                              if self._event_wanted(e, topics, namespace, acl)]
+                    if events:
+                        yield _compact({"Index": frame["Index"], "Events": events})
+                        yield b"\n"
+                if time.monotonic() >= next_beat:
+                    next_beat += beat_every
+                    yield b"{}"
+                    yield b"\n"
+
+        return httpd.StreamResponse(chunks, headers={"Cache-Control": "no-cache",
+                                                     "Vary": "Accept-Encoding"})
 
     # -- handlers: namespaces ----------------------------------------------------------------
 

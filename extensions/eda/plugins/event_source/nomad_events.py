@@ -9,7 +9,8 @@ short_description: Nomad allocation changes, one event per node
 description:
   - Reads Nomad's event stream (C(/v1/event/stream), topic C(Allocation), every namespace).
   - Emits one event per node when allocations on it turn C(running) or finish (C(complete),
-    C(failed), C(lost)), coalescing the changes of C(window) seconds into one event.
+    C(failed), C(lost)), coalescing a burst of changes into one event: the event goes once no
+    change came for C(window) seconds, and at the latest C(max_window) seconds after the first.
   - After a lost connection or a Nomad restart it reconnects with exponential backoff and resumes
     at the index after the last one it processed. Nomad may answer an old index with its oldest
     buffered event, or (after losing its state) with a lower index; every allocation's change is
@@ -55,8 +56,11 @@ options:
     description: Index to start at; 0 replays what Nomad still buffers (labelling is idempotent).
     default: 0
   window:
-    description: Seconds a node's changes are collected before its event is emitted.
-    default: 1.0
+    description: Seconds without a new change after which the collected changes are emitted.
+    default: 0.5
+  max_window:
+    description: Longest time in seconds changes are collected, however long a burst lasts.
+    default: 2.0
   group:
     description:
       - Emit the nodes whose changes fell in one window as one event (C(nomad_nodes), a list of
@@ -77,13 +81,15 @@ EXAMPLES = r'''
   sources:
     - netreap.cilium.nomad_events:
         nomad_address: https://nomad.service.consul:4646
-        window: 1
+        window: 0.5
   rules:
     - name: Label the node's endpoints
       condition: event.nomad is defined
       action:
         run_playbook:
-          name: netreap.cilium.label
+          name: netreap.cilium.event
+          extra_vars:
+            netreap_event_hosts: "{{ event.nomad.node_name }}"
 '''
 
 Event (under the key C(nomad)): C(node_id), C(node_name), C(started) and C(stopped) (allocation
@@ -195,13 +201,15 @@ class NomadEventSource:
         self.settings = nomad_settings(self.args, env)
         self.namespace = self.args.get("namespace") or "*"
         self.index = int(self.args.get("index") or 0)
-        self.window = float(self.args.get("window", 1.0))
+        self.window = float(self.args.get("window", 0.5))
+        self.max_window = max(self.window, float(self.args.get("max_window", 2.0)))
         self.backoff = float(self.args.get("backoff", 0.5))
         self.max_backoff = float(self.args.get("max_backoff", 30.0))
         self.idle_timeout = float(self.args.get("nomad_timeout") or 75.0)
         self.group = bool(self.args.get("group", False))
         self.coalescer = NodeCoalescer()
         self.flushers = {}
+        self.last_change = {}  # flush key -> loop time of its latest change
         self.connections = 0
 
     def _connector(self):
@@ -218,7 +226,14 @@ class NomadEventSource:
         return query
 
     async def _flush_later(self, key):
-        await asyncio.sleep(self.window)
+        loop = asyncio.get_running_loop()
+        first = loop.time()
+        while True:
+            # Quiet for `window` seconds, or `max_window` after the first change of the burst.
+            due = min(self.last_change[key] + self.window, first + self.max_window)
+            if loop.time() >= due:
+                break
+            await asyncio.sleep(due - loop.time())
         self.flushers.pop(key, None)
         if not self.group:
             await self.queue.put(self.coalescer.take(key))
@@ -237,8 +252,10 @@ class NomadEventSource:
             alloc = (event.get("Payload") or {}).get("Allocation") or {}
             node_id = self.coalescer.add(event.get("Index", index), alloc)
             key = "*" if self.group else node_id
-            if node_id and key not in self.flushers:
-                self.flushers[key] = asyncio.ensure_future(self._flush_later(key))
+            if node_id:
+                self.last_change[key] = asyncio.get_running_loop().time()
+                if key not in self.flushers:
+                    self.flushers[key] = asyncio.ensure_future(self._flush_later(key))
         # Resume after this index: Nomad's ``index`` starts at the first item >= it.
         self.index = max(self.index, index + 1)
 

@@ -7,7 +7,7 @@ import logging
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from tests.unit.extensions.eda.test_eda_nomad_events import QuietHandler, load_plugin, serve
+from tests.support.eda import QuietHandler, cancel, load_plugin, serve
 
 TOKEN = "b0b-consul-token-never-shown"
 
@@ -59,11 +59,7 @@ def run_source(server, args=None, settle=1.5):
     async def go():
         task = asyncio.ensure_future(plugin.main(Queue(), options))
         await asyncio.sleep(settle)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await cancel(task)
 
     asyncio.run(go())
     server.httpd.shutdown()

@@ -6,28 +6,15 @@ answered from the oldest buffered item.
 """
 
 import asyncio
-import http.server
-import importlib.util
-import itertools
 import json
 import logging
-import pathlib
-import threading
 import time
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-SOURCES = pathlib.Path(__file__).resolve().parents[4] / "extensions" / "eda" / "plugins" / "event_source"
+from tests.support.eda import StreamServer, cancel, load_plugin
+
 TOKEN = "5e3c7a1e-token-never-shown"
-
-
-def load_plugin(name="nomad_events"):
-    """Load an event source by path, as ansible-rulebook does."""
-    spec = importlib.util.spec_from_file_location(name + "_under_test", SOURCES / (name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def alloc_frame(index, alloc_id, node, status, namespace="default"):
@@ -37,75 +24,6 @@ def alloc_frame(index, alloc_id, node, status, namespace="default"):
         "Payload": {"Allocation": {"ID": alloc_id, "NodeID": "id-" + node, "NodeName": node,
                                    "Namespace": namespace, "ClientStatus": status,
                                    "DesiredStatus": "run"}}}]}
-
-
-class QuietHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-
-def serve(handler):
-    """Serve ``handler`` on a free loopback port in a thread; returns (server, base URL)."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, "http://127.0.0.1:%d" % httpd.server_address[1]
-
-
-class StreamServer:
-    """Each connection plays the next script: a list of frames, ``"close"``, ``("sleep", s)`` or
-    ``("wait", callable)``.
-
-    A script may also be a callable of the requested index returning such a list (or any
-    iterable: a generator feeds frames as they come).
-    """
-
-    def __init__(self, scripts):
-        self.scripts = list(scripts)
-        self.requests = []
-        server = self
-
-        class Handler(QuietHandler):
-            def do_GET(self):
-                query = parse_qs(urlsplit(self.path).query)
-                server.requests.append({"path": urlsplit(self.path).path, "query": query,
-                                        "token": self.headers.get("X-Nomad-Token")})
-                script = server.scripts.pop(0) if server.scripts else [("sleep", 30)]
-                if callable(script):
-                    script = script(int(query.get("index", ["0"])[0]))
-                if isinstance(script, list) and script[:1] == ["forbidden"]:
-                    body = b"Permission denied"
-                    self.send_response(403)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                try:
-                    for item in itertools.chain([{}], script):  # a heartbeat first, as Nomad
-                        if item == "close":  # hang up mid-stream
-                            self.close_connection = True
-                            return
-                        if isinstance(item, tuple):  # ("sleep", seconds) or ("wait", callable)
-                            item[1]() if callable(item[1]) else time.sleep(item[1])
-                            continue
-                        for part in (json.dumps(item).encode(), b"\n"):
-                            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-                        self.wfile.flush()
-                    time.sleep(30)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd, self.address = serve(Handler)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class Collect:
@@ -130,11 +48,7 @@ def run_source(server, want, args=None, timeout=10.0):
         while len(queue.events) < want and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.5)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await cancel(task)
 
     asyncio.run(go())
     return queue.events
@@ -180,6 +94,26 @@ def test_group_gives_one_event_for_the_nodes_of_a_window(make_server):
     assert len(events) == 1
     assert [(n["node_name"], n["started"]) for n in events[0]["nomad_nodes"]] == [
         ("n1", ["a1"]), ("n2", ["b1", "b2"])]
+
+
+def test_a_burst_is_one_event_until_it_pauses_for_the_window(make_server):
+    # Changes 0.2 s apart with a 0.3 s window: one event once the burst pauses.
+    spread = [item for k in range(5) for item in (("sleep", 0.2), alloc_frame(10 + k, "a%d" % k,
+                                                                              "n%d" % k, "running"))]
+    server = make_server([spread + [("sleep", 0.6), alloc_frame(20, "late", "n1", "running")]])
+    events = run_source(server, 2, args={"group": True, "window": 0.3, "max_window": 5})
+    assert [[n["node_name"] for n in e["nomad_nodes"]] for e in events] == [
+        ["n0", "n1", "n2", "n3", "n4"], ["n1"]]
+
+
+def test_a_burst_longer_than_max_window_is_cut(make_server):
+    spread = [item for k in range(8) for item in (("sleep", 0.2), alloc_frame(10 + k, "a%d" % k,
+                                                                              "n1", "running"))]
+    server = make_server([spread])
+    events = run_source(server, 2, args={"window": 0.3, "max_window": 0.9})
+    assert len(events) >= 2
+    assert sorted(a for e in events for a in e["nomad"]["started"]) == ["a%d" % k for k in range(8)]
+    assert len(events[0]["nomad"]["started"]) < 8
 
 
 def test_reconnect_resumes_and_index_restart_repeats_nothing(make_server):
