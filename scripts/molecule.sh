@@ -5,9 +5,10 @@
 #   bash scripts/molecule.sh --broken-unit [reaper|node]
 #       a copy of the collection whose unit template systemd refuses: the scenario (reaper by
 #       default) must fail, and fail at the template's systemd-analyze verify validation
-# Each scenario is `molecule test`: destroy, create, prepare, check, converge, idempotence,
+# Each scenario is `molecule test`: destroy, create, prepare, check (node only), converge, idempotence,
 # verify, destroy, in one container. The full output goes to build/molecule-<scenario>.log (shown
-# when the scenario fails); the time of each step is printed.
+# when the scenario fails); the time of each step is printed. NETREAP_MOLECULE_SUFFIX gives the
+# containers and logs other names (two checkouts on one machine).
 # Installs podman, runc and debootstrap from Debian (as root) when missing, the containers.podman
 # collection the podman driver needs (taken from the ansible package on PyPI), and builds the
 # Debian bookworm image with systemd as PID 1 (cached, shared by the scenarios).
@@ -77,7 +78,7 @@ if [ "${1:-}" = "--broken-unit" ]; then
   ln -s "$COLLECTIONS/ansible_collections/containers" "$scratch/ansible_collections/containers"
   grep -q '^ExecStart=' "$scratch/ansible_collections/netreap/cilium/$template" || exit 1
   sed -i 's/^ExecStart=/ExecStart=relative-path-systemd-refuses /' "$scratch/ansible_collections/netreap/cilium/$template"
-  log="$ROOT/build/molecule-broken-unit.log"
+  log="$ROOT/build/molecule-broken-unit${NETREAP_MOLECULE_SUFFIX:-}.log"
   if scenario "$target" "$scratch" "$log"; then
     echo "molecule: the broken unit template in $template was not noticed ($log)"; exit 1
   fi
@@ -102,7 +103,7 @@ if [ $# -eq 0 ]; then
      extensions/molecule) || rc=1
 fi
 for s in ${@:-node reaper}; do
-  log="$ROOT/build/molecule-$s.log"
+  log="$ROOT/build/molecule-$s${NETREAP_MOLECULE_SUFFIX:-}.log"
   if ! scenario "$s" "$COLLECTIONS" "$log"; then
     tail -n 120 "$log"
     echo "molecule $s: FAILED (full output: $log)"; rc=1

@@ -51,7 +51,7 @@ fi
 step "docs: antsibull-docs lint-collection-docs (plugins, roles, the guides as extra docs)"
 bash scripts/docs.sh --lint || failed_steps+=("docs")
 
-step "roles under systemd: molecule test for each scenario, and a broken unit template must fail"
+step "roles under systemd: ansible-lint, molecule test per scenario (extensions/molecule), a broken unit template must fail"
 { bash scripts/molecule.sh && bash scripts/molecule.sh --broken-unit; } || failed_steps+=("roles")
 
 step "ansible-test integration (each target starts its own lab)"
