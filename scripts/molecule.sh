@@ -55,8 +55,8 @@ scenario() {
     | while IFS= read -r line; do printf '%(%s)T %s\n' -1 "$line"; done > "$log"
   status=${PIPESTATUS[0]}
   awk -v name="$name" '
-    / > [a-z_]+\] Executing/ { step = $0; sub(/\].*/, "", step); sub(/.* /, "", step); began = $1 }
-    / > [a-z_]+\] Executed/ && step != "" { times = times sprintf(" %s %ds", step, $1 - began); step = "" }
+    / > [a-z_]+\] .*Executing/ { step = $0; sub(/\].*/, "", step); sub(/.* /, "", step); began = $1 }
+    / > [a-z_]+\] .*Executed/ && step != "" { times = times sprintf(" %s %ds", step, $1 - began); step = "" }
     NR == 1 { first = $1 }
     { last = $1 }
     END { printf "molecule %s:%s; total %ds\n", name, times, last - first }' "$log"
@@ -102,7 +102,8 @@ if [ $# -eq 0 ]; then
      roles/agent roles/node roles/reaper playbooks/provision.yml playbooks/reap.yml playbooks/policy.yml \
      extensions/molecule) || rc=1
 fi
-for s in ${@:-node reaper}; do
+[ $# -gt 0 ] || set -- node reaper
+for s in "$@"; do
   log="$ROOT/build/molecule-$s${NETREAP_MOLECULE_SUFFIX:-}.log"
   if ! scenario "$s" "$COLLECTIONS" "$log"; then
     tail -n 120 "$log"
