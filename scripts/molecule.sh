@@ -51,7 +51,10 @@ COLL="$COLLECTIONS/ansible_collections/netreap/cilium"
 scenario() {
   local name=$1 copy=$2 log=$3 status
   echo "== molecule test -s $name"
-  (cd "$copy/ansible_collections/netreap/cilium" && ANSIBLE_COLLECTIONS_PATH="$copy" PYTHONUNBUFFERED=1 molecule test -s "$name") 2>&1 \
+  # Molecule keeps a scenario's state under a name made of the project directory's base name
+  # ("cilium" for every copy): each copy and suffix gets its own, so runs cannot share it.
+  (cd "$copy/ansible_collections/netreap/cilium" && ANSIBLE_COLLECTIONS_PATH="$copy" PYTHONUNBUFFERED=1 \
+     MOLECULE_EPHEMERAL_DIRECTORY="$copy/molecule-state/$name${NETREAP_MOLECULE_SUFFIX:-}" molecule test -s "$name") 2>&1 \
     | while IFS= read -r line; do printf '%(%s)T %s\n' -1 "$line"; done > "$log"
   status=${PIPESTATUS[0]}
   awk -v name="$name" '
