@@ -51,8 +51,8 @@ fi
 step "docs: antsibull-docs lint-collection-docs (plugins, roles, the guides as extra docs)"
 bash scripts/docs.sh --lint || failed_steps+=("docs")
 
-step "roles under systemd (podman container; installs podman, runc, debootstrap if missing)"
-bash tests/roles/run.sh || failed_steps+=("roles")
+step "roles under systemd: ansible-lint, molecule test per scenario (extensions/molecule), a broken unit template must fail"
+{ bash scripts/molecule.sh && bash scripts/molecule.sh --broken-unit; } || failed_steps+=("roles")
 
 step "ansible-test integration (each target starts its own lab)"
 (cd "$COLL" && ansible-test integration --venv --python 3.11 --color no) || failed_steps+=("integration")
@@ -65,7 +65,7 @@ for name in "${failed_steps[@]}"; do
 done
 if [ $rc -ne 0 ] && [ "$pytest_failed" -eq 0 ]; then pytest_failed=1; fi
 if [ ${#failed_steps[@]} -eq 0 ]; then
-  echo "all steps passed: pytest, ansible-test sanity, docs lint, roles under systemd, ansible-test integration"
+  echo "all steps passed: pytest, ansible-test sanity, docs lint, roles under systemd (molecule), ansible-test integration"
 else
   echo "failed steps: ${failed_steps[*]}"
 fi
