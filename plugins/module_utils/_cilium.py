@@ -37,6 +37,7 @@ def cilium_settings(params, env=None):
 # With a deadline the count is not what limits 429 retries; keep it out of the way.
 RETRIES_WITHIN_DEADLINE = 1000
 
+
 class CiliumClient:
     """The agent's /v1 API.  The agent ignores the Host header, but Go's server rejects one with
     a '/', so we send ``Host: localhost`` like the fixed Go client (CVE-2023-29406)."""

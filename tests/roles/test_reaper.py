@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.path.dirname(sys.executable)
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 FLOCK = shutil.which("flock")
+
+
 def recap_changed(out):
     line = [x for x in out.splitlines() if "changed=" in x][-1]
     return int(line.split("changed=")[1].split()[0])

@@ -1,4 +1,4 @@
-"""Fast checks of the node roles without a container (the systemd scenario is tests/roles/run.sh).
+"""Fast checks of the node roles without a container (the systemd scenarios are extensions/molecule).
 
 * every role's meta/argument_specs.yml mirrors its defaults/main.yml, and ansible-doc renders it;
 * what a role sets for itself is named __<role>_..., and no variable defaults to another one;
@@ -257,7 +257,7 @@ def test_unit_orders_nomad_after_the_socket_and_shares_lock_and_modules(tmp_path
     assert len(start_post) == 1 and "/var/run/cilium/cilium.sock" in start_post[0] and "seq 120" in start_post[0]
     assert '"--volume=/run/xtables.lock:/run/xtables.lock"' in unit
     assert '"--volume=/lib/modules:/lib/modules:ro"' in unit
-    # switched off here, so no host group file is mounted (tests/roles/run.sh covers the group)
+    # switched off here, so no host group file is mounted (the Molecule node scenario covers the group)
     assert "/etc/group" not in unit
     (tmp_path / "no-wait").mkdir()
     root, rc, out = render(tmp_path / "no-wait", agent_unit_before=[], agent_socket_wait_sec=0)

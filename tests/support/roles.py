@@ -106,7 +106,7 @@ def render_vars(prefix, **overrides):
         "agent_service_manage": False,
         "agent_image_pull_manage": False,
         "agent_docker_daemon_json": root + "/etc/docker/daemon.json",
-        # The socket group is created by the systemd scenario (tests/roles/run.sh), not on this host.
+        # The socket group is created by the systemd scenario (the Molecule node scenario, extensions/molecule/node), not on this host.
         "agent_socket_group_manage": False,
     }
     values.update(overrides)

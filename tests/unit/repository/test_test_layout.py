@@ -13,8 +13,7 @@ SUPPORT = "tests/support/"
 
 def _python_files(root):
     for top in SCANNED:
-        for path in sorted((root / top).rglob("*.py")):
-            yield path
+        yield from sorted((root / top).rglob("*.py"))
 
 
 def _imported_modules(path, root):
