@@ -141,3 +141,21 @@ def test_reap_over_mutual_tls_from_inventory_variables_alone(lab_factory):
     rc, out = reap(lab, *FAST_GC, lab_env=False)
     assert rc == 0, summary(out)
     assert clean(drift_report(lab)), drift_report(lab)
+
+
+def test_free_strategy_runs_the_heartbeat_and_the_gc_once_with_two_reaper_hosts(lab_factory, tmp_path,
+                                                                                 monkeypatch):
+    """ANSIBLE_STRATEGY=free (docs/scaling.md) ignores run_once; the reaper plays pin `linear`."""
+    lab = lab_factory(nodes=2, cilium="1.19", kvstore="etcd", scenario="drift")
+    standby = tmp_path / "standby.yml"
+    standby.write_text(json.dumps({"all": {"children": {"reaper": {"hosts": {"reaper-standby": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}}))
+    monkeypatch.setenv("ANSIBLE_STRATEGY", "free")
+    rc, out = reap(lab, *FAST_GC, "-i", str(standby))
+    assert rc == 0, summary(out)
+    for task in ("Write the kvstore heartbeat", "Collect kvstore nodes", "Collect identities"):
+        assert list(task_results(out, task)) == ["reaper-controller"], task
+    # the node duties ran on every node (`free` reports a task once per host that starts it)
+    labelled = {host for play in out["plays"] for task in play["tasks"]
+                if task["task"]["name"].startswith("Label endpoints") for host in task["hosts"]}
+    assert labelled == {n.name for n in lab.nodes}
