@@ -33,6 +33,33 @@ class _Exit(Exception):
         self.result = result
 
 
+class Exited(Exception):
+    """Raised by a FakeModule's exit: whether it failed, and what it returned."""
+
+    def __init__(self, failed, result):
+        super().__init__(result.get("msg"))
+        self.failed = failed
+        self.result = result
+
+
+class FakeModule:
+    """The part of AnsibleModule the shared run shapes use: check and diff mode, parameters, and
+    exit_json/fail_json raising Exited, for unit tests that drive a run without a module."""
+
+    _name = "fake_module"
+
+    def __init__(self, check_mode=False, diff=False, **params):
+        self.check_mode = check_mode
+        self._diff = diff
+        self.params = params
+
+    def exit_json(self, **result):
+        raise Exited(False, result)
+
+    def fail_json(self, **result):
+        raise Exited(True, result)
+
+
 def run_module(name, args, check_mode=False, diff=False):
     """Run ``netreap.cilium.<name>`` in-process; returns the result dict (``failed`` on fail_json)."""
     module = importlib.import_module("ansible_collections.netreap.cilium.plugins.modules." + name)

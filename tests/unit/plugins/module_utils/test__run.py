@@ -7,27 +7,7 @@ import pytest
 from ansible_collections.netreap.cilium.plugins.module_utils._http import HttpClient, ServiceError
 from ansible_collections.netreap.cilium.plugins.module_utils._run import Run, Stop
 from tests.lab import httpd
-
-
-class Exited(Exception):
-    def __init__(self, failed, result):
-        super().__init__(result.get("msg"))
-        self.failed = failed
-        self.result = result
-
-
-class FakeModule:
-    _name = "fake_module"
-
-    def __init__(self, check_mode=False, diff=False):
-        self.check_mode = check_mode
-        self._diff = diff
-
-    def exit_json(self, **result):
-        raise Exited(False, result)
-
-    def fail_json(self, **result):
-        raise Exited(True, result)
+from tests.support.modules import Exited, FakeModule
 
 
 class Store:

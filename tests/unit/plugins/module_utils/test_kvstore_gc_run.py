@@ -8,26 +8,11 @@ from ansible_collections.netreap.cilium.plugins.module_utils._kvstore import Loc
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc import Plan
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_gc_run import GCRun, deletion_groups
 from ansible_collections.netreap.cilium.plugins.module_utils._kvstore_types import delete, put
+from tests.support.modules import Exited, FakeModule
 
 
-class Exited(Exception):
-    def __init__(self, failed, result):
-        super().__init__(result.get("msg"))
-        self.failed = failed
-        self.result = result
-
-
-class FakeModule:
-    def __init__(self, check_mode=False, diff=False, on_lock_held="skip"):
-        self.check_mode = check_mode
-        self._diff = diff
-        self.params = {"lock_ttl": 30, "on_lock_held": on_lock_held}
-
-    def exit_json(self, **result):
-        raise Exited(False, result)
-
-    def fail_json(self, **result):
-        raise Exited(True, result)
+def gc_module(check_mode=False, diff=False, on_lock_held="skip"):
+    return FakeModule(check_mode, diff, lock_ttl=30, on_lock_held=on_lock_held)
 
 
 class FakeLock:
@@ -96,7 +81,7 @@ def names(items):
 
 def test_check_mode_reports_without_lock_or_write():
     kv = FakeKV()
-    out = run_gc(kv, FakeModule(check_mode=True, diff=True), plan_deleting(["a", "b"]))
+    out = run_gc(kv, gc_module(check_mode=True, diff=True), plan_deleting(["a", "b"]))
     assert not out.failed and out.result["changed"] is True and kv.events == []
     assert names(out.result["deleted"]) == ["a", "b"] and names(out.result["marked"]) == ["new"]
     assert out.result["lock"] == {"key": "gc/leader", "acquired": False}
@@ -105,7 +90,7 @@ def test_check_mode_reports_without_lock_or_write():
 
 def test_refusal_fails_before_any_write_and_lists_candidates():
     kv = FakeKV()
-    out = run_gc(kv, FakeModule(), plan_deleting(["a", "b"], refusal="refusing to delete 2 node keys"))
+    out = run_gc(kv, gc_module(), plan_deleting(["a", "b"], refusal="refusing to delete 2 node keys"))
     assert out.failed and out.result["msg"] == "refusing to delete 2 node keys"
     assert names(out.result["candidates"]) == ["a", "b"] and out.result["deleted"] == []
     assert out.result["changed"] is False and kv.events == []
@@ -113,18 +98,18 @@ def test_refusal_fails_before_any_write_and_lists_candidates():
 
 def test_lock_held_elsewhere_skips_or_fails_without_writing():
     kv = FakeKV(held_by="other-host pid 1")
-    skipped = run_gc(kv, FakeModule(), plan_deleting(["a"]))
+    skipped = run_gc(kv, gc_module(), plan_deleting(["a"]))
     assert not skipped.failed and skipped.result["skipped"] is True
     assert skipped.result["msg"] == "skipped: another reaper holds the lock gc/leader (other-host pid 1)"
     assert names(skipped.result["candidates"]) == ["a"] and skipped.result["deleted"] == []
-    failed = run_gc(kv, FakeModule(on_lock_held="fail"), plan_deleting(["a"]))
+    failed = run_gc(kv, gc_module(on_lock_held="fail"), plan_deleting(["a"]))
     assert failed.failed and failed.result["msg"].startswith("another reaper holds the lock gc/leader")
     assert kv.events == []
 
 
 def test_lost_lock_in_the_second_window_reports_the_first_and_releases():
     kv = FakeKV(fail_on_group=2, failure=LockLost("lost the leader lock gc/leader: lease 7 expired"))
-    out = run_gc(kv, FakeModule(), plan_deleting(["a", "b", "c"]), windows=lambda plan: [2, 1])
+    out = run_gc(kv, gc_module(), plan_deleting(["a", "b", "c"]), windows=lambda plan: [2, 1])
     assert out.failed and out.result["msg"] == (
         "lost the leader lock gc/leader: lease 7 expired; stopped writing. Done before: see "
         "deleted/marked/unmarked")
@@ -136,7 +121,7 @@ def test_lost_lock_in_the_second_window_reports_the_first_and_releases():
 def test_failed_write_names_the_kvstore_status_and_what_to_do():
     failure = ServiceError("etcd", "POST", "http://etcd/v3/kv/txn", status=500, body="raft apply failed")
     kv = FakeKV(fail_on_group=1, failure=failure)
-    out = run_gc(kv, FakeModule(), plan_deleting(["a"]))
+    out = run_gc(kv, gc_module(), plan_deleting(["a"]))
     assert out.failed and out.result["msg"] == (
         "write to the etcd kvstore failed: etcd HTTP 500: raft apply failed. What was done before the "
         "failure is listed in deleted/marked/unmarked; run again to finish")
