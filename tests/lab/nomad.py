@@ -1442,8 +1442,7 @@ class NomadSim(httpd.Service):
 
     def allocations(self, node_id=None):
         with self.lock:
-            return [self._render_alloc(a) for a in self._sorted_allocs()
-                    if node_id is None or a["NodeID"] == node_id]
+            return [self._render_alloc(a) for a in self._sorted_allocs(node_id)]
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -1503,8 +1502,13 @@ class NomadSim(httpd.Service):
             "CreateTime": alloc["CreateTime"], "ModifyTime": alloc["ModifyTime"]})
         return copy.deepcopy(stub)
 
-    def _sorted_allocs(self):
-        return sorted(self._allocs.values(), key=lambda a: (a["CreateIndex"], a["ID"]))
+    def _sorted_allocs(self, node_id=None):
+        # Filter before sorting: a node's allocations are a few of a large lab's many, and every
+        # node asks for its own on each reap.yml run.
+        allocs = self._allocs.values()
+        if node_id is not None:
+            allocs = [a for a in allocs if a["NodeID"] == node_id]
+        return sorted(allocs, key=lambda a: (a["CreateIndex"], a["ID"]))
 
     # -- client agents -----------------------------------------------------------------------
 
@@ -1998,7 +2002,7 @@ class NomadSim(httpd.Service):
             raise self._err(500, "missing node ID")
 
         def run():
-            allocs = [a for a in self._sorted_allocs() if a["NodeID"] == node_id]
+            allocs = self._sorted_allocs(node_id)
             if not allocs:
                 return self._table_index["allocs"], []
             index = max(a["ModifyIndex"] for a in allocs)
