@@ -143,8 +143,7 @@ def test_reap_over_mutual_tls_from_inventory_variables_alone(lab_factory):
     assert clean(drift_report(lab)), drift_report(lab)
 
 
-def test_free_strategy_runs_the_heartbeat_and_the_gc_once_with_two_reaper_hosts(lab_factory, tmp_path,
-                                                                                 monkeypatch):
+def test_free_strategy_runs_the_heartbeat_and_the_gc_once_with_two_reaper_hosts(lab_factory, tmp_path, monkeypatch):
     """ANSIBLE_STRATEGY=free (docs/scaling.md) ignores run_once; the reaper plays pin `linear`."""
     lab = lab_factory(nodes=2, cilium="1.19", kvstore="etcd", scenario="drift")
     standby = tmp_path / "standby.yml"
