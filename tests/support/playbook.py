@@ -51,6 +51,13 @@ def task_results(out, task_name):
     raise KeyError(task_name)
 
 
+def task_hosts(out, task_name):
+    """Every host that ran a task whose name starts with ``task_name``: the free strategy reports a
+    task once for each host that starts it."""
+    return {host for play in out["plays"] for task in play["tasks"]
+            if task["task"]["name"].startswith(task_name) for host in task["hosts"]}
+
+
 def summary(out):
     return task_results(out, "Show the summary")["localhost"]["netreap_summary"]
 
